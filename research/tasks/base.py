@@ -1,0 +1,117 @@
+"""Shared pieces of the synthetic task sources.
+
+Every task in `research.tasks` is a frozen dataclass that is also a grain
+`RandomAccessDataSource`: `len(task)` examples, and `task[i]` returns one example
+
+    {"tokens": int32[L], "targets": int32[L], "loss_mask": bool[L]}
+
+where `targets[t]` is the label the model must predict after reading `tokens[: t + 1]` (labels are
+aligned with the tokens, i.e. already shifted), and `loss_mask[t]` marks the positions that count
+for loss and accuracy. Where `loss_mask` is False, `targets` holds 0 unless a task documents
+otherwise. Examples are deterministic in `(task.seed, i)`: the generator for example `i` is seeded
+with `numpy.random.SeedSequence([seed, salt, i])`, so any worker can produce any example.
+
+Notation: L = sequence length, V = vocabulary size, B = batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+Example = dict[str, np.ndarray]
+
+
+def _task_salt(name: str) -> int:
+    """A stable 32-bit salt per task class, so two tasks with the same seed draw different data."""
+    return zlib.crc32(name.encode())
+
+
+def check_positive(name: str, value: int, minimum: int = 1) -> None:
+    """Raise ValueError unless `value` is an int >= `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
+    """Raise ValueError unless `value` is one of `choices`."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """Base class of the task sources: indexing, seeding and batching.
+
+    Subclasses are frozen dataclasses with at least `vocab_size`, `seq_len`, `seed` and
+    `num_examples` fields and implement `_generate(rng) -> Example`.
+    """
+
+    def _generate(self, rng: np.random.Generator) -> Example:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return int(self.num_examples)  # type: ignore[attr-defined]
+
+    def rng(self, index: int) -> np.random.Generator:
+        """The numpy Generator that example `index` is drawn from (deterministic in seed, index)."""
+        salt = _task_salt(type(self).__name__)
+        return np.random.default_rng(
+            np.random.SeedSequence([int(self.seed), salt, int(index)])  # type: ignore[attr-defined]
+        )
+
+    def _check_index(self, index: Any) -> int:
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise TypeError(f"index must be an integer, got {type(index).__name__}")
+        n = len(self)
+        index = int(index)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(f"index {index} out of range for a task of {n} examples")
+        return index
+
+    def __getitem__(self, index: int) -> Example:
+        """Example `index`: {"tokens": int32[L], "targets": int32[L], "loss_mask": bool[L]}."""
+        index = self._check_index(index)
+        ex = self._generate(self.rng(index))
+        return {
+            "tokens": np.asarray(ex["tokens"], dtype=np.int32),
+            "targets": np.asarray(ex["targets"], dtype=np.int32),
+            "loss_mask": np.asarray(ex["loss_mask"], dtype=bool),
+        }
+
+    def batch(self, indices: Sequence[int] | np.ndarray) -> Example:
+        """Stack examples `indices` into a batch: each value gets a leading axis B."""
+        return stack([self[int(i)] for i in indices])
+
+    def with_(self, **changes: Any):
+        """A copy of the task with some fields changed (e.g. a longer `seq_len` for probes)."""
+        return dataclasses.replace(self, **changes)
+
+
+def stack(examples: Sequence[Example]) -> Example:
+    """Stack a list of examples into a batch dict of arrays with leading axis B."""
+    if not examples:
+        raise ValueError("examples must be a non-empty sequence, got an empty one")
+    return {key: np.stack([ex[key] for ex in examples]) for key in examples[0]}
+
+
+def masked_accuracy(
+    predictions: np.ndarray, targets: np.ndarray, loss_mask: np.ndarray
+) -> float:
+    """Fraction of masked positions where `predictions == targets`; all arrays [B, L] (or [L])."""
+    predictions, targets, loss_mask = map(np.asarray, (predictions, targets, loss_mask))
+    if predictions.shape != targets.shape or targets.shape != loss_mask.shape:
+        raise ValueError(
+            "predictions, targets and loss_mask must have the same shape, got "
+            f"{predictions.shape}, {targets.shape}, {loss_mask.shape}"
+        )
+    n = int(loss_mask.sum())
+    if n == 0:
+        return float("nan")
+    return float(((predictions == targets) & loss_mask).sum() / n)

@@ -1,0 +1,126 @@
+"""Multi-query associative recall (MQAR), as Zoology defines it.
+
+Arora, Eyuboglu et al., "Zoology: Measuring and improving recall in efficient language models"
+(2023), `zoology/data/associative_recall.py::_mqar`. An example of length L with N kv pairs:
+
+    position:  0  1  2  3 ... 2N-1 | 2N ........................................ L-1
+    tokens:    k1 v1 k2 v2 ... vN  | filler, with each key k_i once at 2N + 2 g_i
+    targets:   .  .  .  .  ...  .  | v_i at position 2N + 2 g_i, nothing elsewhere
+    loss_mask: only the N query positions
+
+- keys are N distinct tokens from the lower half of the vocabulary, `[1, V // 2)` (0 is the zero
+  filler); values are N distinct tokens from the upper half, `[V // 2, V)`;
+- every key is queried exactly once after the context; query i sits at gap slot g_i in
+  `[0, S)`, `S = (L - 2N) // 2` slots of two tokens each, the N slots drawn without replacement
+  with probability `p(g) ~ a (g + 1) ** (a - 1)` (a power law; a = 0.01 puts most queries close
+  to the context, a = 1 is uniform);
+- the target at a query key's position is its value (the model predicts the value right after
+  reading the key); the token after a query is filler;
+- filler is uniform random tokens over the whole vocabulary (`filler="random"`, Zoology's default,
+  so filler may repeat keys or values) or zeros (`filler="zero"`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from research.tasks.base import Example, Task, check_choice, check_positive
+
+
+def power_law_gap_probs(num_slots: int, power_a: float) -> np.ndarray:
+    """Zoology's query-gap distribution: p(g) ~ a (g + 1) ** (a - 1) for g in [0, num_slots).
+
+    Returns float64 [num_slots] summing to 1.
+    """
+    check_positive("num_slots", num_slots)
+    if not power_a > 0:
+        raise ValueError(f"power_a must be > 0, got {power_a!r}")
+    p = power_a * np.arange(1, num_slots + 1, dtype=np.float64) ** (power_a - 1)
+    return p / p.sum()
+
+
+@dataclasses.dataclass(frozen=True)
+class MQAR(Task):
+    """Multi-query associative recall source (grain RandomAccessDataSource).
+
+    Attributes:
+      vocab_size: V; must exceed seq_len (as in Zoology) and leave room for the keys and values.
+      seq_len: L, even, with `4 * num_kv_pairs <= L`.
+      num_kv_pairs: N, the number of key-value pairs (and of queries) per example.
+      seed: examples are deterministic in (seed, index).
+      num_examples: `len(task)`.
+      power_a: exponent a of the query-gap power law (0.01 in Zoology; 1.0 is uniform).
+      filler: "random" (uniform tokens over the vocabulary) or "zero".
+
+    `task[i]` -> {"tokens": int32[L], "targets": int32[L], "loss_mask": bool[L]}; the N masked
+    positions are the query keys and their targets are the values bound to them.
+    """
+
+    vocab_size: int = 8192
+    seq_len: int = 64
+    num_kv_pairs: int = 4
+    seed: int = 0
+    num_examples: int = 100_000
+    power_a: float = 0.01
+    filler: str = "random"
+
+    def __post_init__(self):
+        check_positive("vocab_size", self.vocab_size, 4)
+        check_positive("seq_len", self.seq_len, 4)
+        check_positive("num_kv_pairs", self.num_kv_pairs)
+        check_positive("num_examples", self.num_examples)
+        check_positive("seed", self.seed, 0)
+        check_choice("filler", self.filler, ("random", "zero"))
+        if self.seq_len % 2:
+            raise ValueError(f"seq_len must be even, got {self.seq_len}")
+        if 4 * self.num_kv_pairs > self.seq_len:
+            raise ValueError(
+                f"num_kv_pairs must satisfy 4 * num_kv_pairs <= seq_len, got num_kv_pairs="
+                f"{self.num_kv_pairs}, seq_len={self.seq_len}"
+            )
+        if self.vocab_size <= self.seq_len:
+            raise ValueError(
+                f"vocab_size must exceed seq_len (Zoology), got vocab_size={self.vocab_size}, "
+                f"seq_len={self.seq_len}"
+            )
+        if self.num_kv_pairs > self.vocab_size // 2 - 1:
+            raise ValueError(
+                f"num_kv_pairs must be <= vocab_size // 2 - 1 = {self.vocab_size // 2 - 1} "
+                f"distinct keys, got {self.num_kv_pairs}"
+            )
+        if not (isinstance(self.power_a, (int, float)) and self.power_a > 0):
+            raise ValueError(f"power_a must be a number > 0, got {self.power_a!r}")
+
+    @property
+    def context_len(self) -> int:
+        """2N: the number of tokens holding the key-value pairs."""
+        return 2 * self.num_kv_pairs
+
+    @property
+    def num_gap_slots(self) -> int:
+        """S = (L - 2N) // 2: the query slots after the context."""
+        return (self.seq_len - self.context_len) // 2
+
+    def _generate(self, rng: np.random.Generator) -> Example:
+        n, L, V = self.num_kv_pairs, self.seq_len, self.vocab_size
+        keys = rng.choice(np.arange(1, V // 2), size=n, replace=False)
+        values = rng.choice(np.arange(V // 2, V), size=n, replace=False)
+        p = power_law_gap_probs(self.num_gap_slots, self.power_a)
+        gaps = rng.choice(self.num_gap_slots, size=n, replace=False, p=p)
+
+        tokens = np.zeros(L, dtype=np.int64)
+        tokens[0 : 2 * n : 2] = keys
+        tokens[1 : 2 * n : 2] = values
+        query_pos = self.context_len + 2 * gaps
+        tokens[query_pos] = keys
+        targets = np.zeros(L, dtype=np.int64)
+        targets[query_pos] = values
+        loss_mask = np.zeros(L, dtype=bool)
+        loss_mask[query_pos] = True
+        if self.filler == "random":
+            # Zoology replaces every 0 token by a uniform token (keys are never 0).
+            zero = tokens == 0
+            tokens[zero] = rng.integers(0, V, size=int(zero.sum()))
+        return {"tokens": tokens, "targets": targets, "loss_mask": loss_mask}
