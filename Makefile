@@ -1,0 +1,32 @@
+# chunkwise: `make demo` runs the main job, `make test` runs the test suite.
+# Both set everything up on a fresh machine (a .venv at the repo root, Python 3.12).
+SHELL := /bin/bash
+PY312 := $(shell command -v python3.12 >/dev/null 2>&1 && python3.12 -c 'import sys' >/dev/null 2>&1 && command -v python3.12 || echo /root/.pyenv/versions/3.12.1/bin/python3.12)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test test-slow demo bench lint
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PY312) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,text]'
+	@touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q -n 2 --dist loadgroup
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+demo: setup
+	$(PY) -m experiments.bench_ops
+
+bench: setup
+	$(PY) -m experiments.bench_kernels
+
+lint: setup
+	$(PY) -m ruff check .

@@ -1,0 +1,175 @@
+"""The six public ops: validation, padding, dispatch to reference / xla / pallas.
+
+Notation (used in every docstring of this package):
+    B batch, T time, H heads, K key/query head dim, V value head dim, M gsa slots,
+    C chunk size, N = ceil(T / C) chunks.
+Layout is [B, T, H, D]. Gates are log-decays (g <= 0); the ops apply no activation to them.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels import _validate, reference, xla
+from pallas_kernels import pallas as _pallas
+
+_STATIC = ("scale", "output_final_state", "chunk_size", "impl")
+
+
+def resolve_impl(op: str, impl: str, q, k, v, gates, chunk_size: int) -> str:
+    """The path `impl` stands for on this platform: "auto" becomes "pallas" on TPU/GPU when a
+    kernel supports the call, else "xla"."""
+    _validate.check_impl(impl)
+    if impl == "pallas":
+        if _pallas.get(op) is None:
+            raise ValueError(f"no Pallas kernel for {op} yet; use impl='xla' or impl='reference'")
+        return "pallas"
+    if impl != "auto":
+        return impl
+    kernel = _pallas.get(op)
+    if jax.default_backend() in ("tpu", "gpu") and kernel is not None:
+        if kernel.supports(q, k, v, *gates, chunk_size=chunk_size) is None:
+            return "pallas"
+    return "xla"
+
+
+def _pad_time(x, pad: int, value=0):
+    if x is None or pad == 0:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[1] = (0, pad)
+    return jnp.pad(x, widths, constant_values=value)
+
+
+def _run(op, q, k, v, gates, *, scale, initial_state, output_final_state, segment_ids, chunk_size, impl):
+    _, T, _, K, _, _ = _validate.validate(
+        op, q, k, v, gates, scale=scale, initial_state=initial_state, segment_ids=segment_ids,
+        chunk_size=chunk_size, impl=impl,
+    )
+    scale = float(K**-0.5 if scale is None else scale)
+    path = resolve_impl(op, impl, q, k, v, gates, chunk_size)
+    if initial_state is not None:
+        initial_state = jax.tree.map(lambda s: s.astype(jnp.float32), initial_state)
+    if segment_ids is not None:
+        segment_ids = segment_ids.astype(jnp.int32)
+    if path == "reference":
+        o, state = getattr(reference, op)(
+            q, k, v, *gates, scale=scale, initial_state=initial_state, segment_ids=segment_ids
+        )
+    else:
+        # Zero k, v and zero log-gates after T leave every state unchanged, so padding is exact.
+        pad = -T % chunk_size
+        padded = [_pad_time(x, pad) for x in (q, k, v, *gates)]
+        if segment_ids is not None and pad:
+            segment_ids = jnp.concatenate(
+                [segment_ids, jnp.repeat(segment_ids[:, -1:], pad, axis=1)], axis=1
+            )
+        fn = getattr(xla, op) if path == "xla" else _pallas.get(op).fn
+        o, state = fn(
+            *padded, scale=scale, initial_state=initial_state, segment_ids=segment_ids,
+            chunk_size=chunk_size, output_final_state=output_final_state,
+        )
+        o = o[:, :T]
+    o = o.astype(v.dtype)
+    return o, (state if output_final_state else None)
+
+
+_COMMON_DOC = """
+    Args (shared by every op):
+      q: [B, T, H, K] queries; multiplied by `scale` (default K ** -0.5).
+      k: [B, T, H, K] keys.
+      v: [B, T, H, V] values; the output has v's dtype.
+      initial_state: float32 state at t = 0 of each row (see the table in README.md), or None.
+      output_final_state: return the float32 state after the last position of each row.
+      segment_ids: int32 [B, T]; the state is reset to zero before every t where the id changes.
+      chunk_size: chunk length C of the chunked paths (a power of two); T need not divide by it.
+      impl: "auto" | "reference" | "xla" | "pallas".
+
+    Returns:
+      (o [B, T, H, V], final_state or None).
+"""
+
+
+def _op(name: str, doc: str):
+    def deco(fn):
+        fn.__doc__ = doc + _COMMON_DOC
+        return functools.partial(jax.jit, static_argnames=_STATIC)(fn)
+
+    return deco
+
+
+@_op("linear_attention", """Linear attention: S_t = S_{t-1} + k_t v_t^T, o_t = S_t^T (scale q_t).
+
+    State [B, H, K, V].
+    Example:
+      >>> o, s = linear_attention(q, k, v, output_final_state=True)
+""")
+def linear_attention(q, k, v, *, scale=None, initial_state=None, output_final_state=False,
+                     segment_ids=None, chunk_size=64, impl="auto"):
+    return _run("linear_attention", q, k, v, (), scale=scale, initial_state=initial_state,
+                output_final_state=output_final_state, segment_ids=segment_ids,
+                chunk_size=chunk_size, impl=impl)
+
+
+@_op("simple_gla", """Scalar-gated linear attention (RetNet, Mamba2/SSD, Lightning):
+    S_t = exp(g_t) S_{t-1} + k_t v_t^T, o_t = S_t^T (scale q_t).
+
+    g: [B, T, H] log-decay per head (<= 0). State [B, H, K, V].
+""")
+def simple_gla(q, k, v, g, *, scale=None, initial_state=None, output_final_state=False,
+               segment_ids=None, chunk_size=64, impl="auto"):
+    return _run("simple_gla", q, k, v, (g,), scale=scale, initial_state=initial_state,
+                output_final_state=output_final_state, segment_ids=segment_ids,
+                chunk_size=chunk_size, impl=impl)
+
+
+@_op("gla", """Gated linear attention: S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T, o_t = S_t^T (scale q_t).
+
+    g: [B, T, H, K] log-decay per key channel (<= 0). State [B, H, K, V].
+""")
+def gla(q, k, v, g, *, scale=None, initial_state=None, output_final_state=False,
+        segment_ids=None, chunk_size=64, impl="auto"):
+    return _run("gla", q, k, v, (g,), scale=scale, initial_state=initial_state,
+                output_final_state=output_final_state, segment_ids=segment_ids,
+                chunk_size=chunk_size, impl=impl)
+
+
+@_op("delta_rule", """DeltaNet: S_t = (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T, o_t = S_t^T (scale q_t).
+
+    beta: [B, T, H] write strength in (0, 1]. State [B, H, K, V].
+""")
+def delta_rule(q, k, v, beta, *, scale=None, initial_state=None, output_final_state=False,
+               segment_ids=None, chunk_size=64, impl="auto"):
+    return _run("delta_rule", q, k, v, (beta,), scale=scale, initial_state=initial_state,
+                output_final_state=output_final_state, segment_ids=segment_ids,
+                chunk_size=chunk_size, impl=impl)
+
+
+@_op("gated_delta_rule", """Gated DeltaNet:
+    S_t = exp(g_t) (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T, o_t = S_t^T (scale q_t).
+
+    g: [B, T, H] log-decay per head (<= 0); beta: [B, T, H] write strength. State [B, H, K, V].
+""")
+def gated_delta_rule(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=False,
+                     segment_ids=None, chunk_size=64, impl="auto"):
+    return _run("gated_delta_rule", q, k, v, (g, beta), scale=scale, initial_state=initial_state,
+                output_final_state=output_final_state, segment_ids=segment_ids,
+                chunk_size=chunk_size, impl=impl)
+
+
+@_op("gsa", """Gated slot attention: two GLA passes with a softmax over M slots between.
+    A_t = A_{t-1} diag(exp(g_t)) + k_t s_t^T      (A: K x M)
+    B_t = diag(exp(g_t)) B_{t-1} + s_t v_t^T      (B: M x V)
+    p_t = softmax(A_t^T (scale q_t)),  o_t = B_t^T p_t
+
+    s: [B, T, H, M] slot write weights; g: [B, T, H, M] log-forget (<= 0).
+    State: a tuple ([B, H, K, M], [B, H, M, V]).
+""")
+def gsa(q, k, v, s, g, *, scale=None, initial_state=None, output_final_state=False,
+        segment_ids=None, chunk_size=64, impl="auto"):
+    return _run("gsa", q, k, v, (s, g), scale=scale, initial_state=initial_state,
+                output_final_state=output_final_state, segment_ids=segment_ids,
+                chunk_size=chunk_size, impl=impl)

@@ -1,0 +1,291 @@
+"""Chunked forms in plain JAX: the fast path on CPU and the fallback everywhere.
+
+The stages (DESIGN.md §3), shared by every family:
+  1. `_segment_masks` + chunk-local cumsum of log gates -> masked log-decays (`_LogDecays`);
+  2. intra-chunk scores: `_intra_scalar`, `_intra_key` (per-key-channel gates) and `_intra_value`
+     (per-value-channel gates), the latter two with secondary sub-chunks so that no exp(+x) occurs;
+     for the delta rule, the WY factors (`_wy`);
+  3. `state_pass`: S_n = decay_n S_{n-1} + kd_n^T (vd_n - w_n S_{n-1}), sequential over chunks;
+  4. output: o = (q * decay_in) S_{n-1} + intra.
+Gradients come from JAX autodiff of these stages.
+
+Inputs are padded by the caller (T = N * C). Shapes inside: [B, H, N, C, D].
+Segment resets are masks: a pair (i, j) interacts only within one segment; the previous chunk's state
+reaches position i only if no reset happened in the chunk up to i. Masked log-decays are -inf, and
+exp(-inf) = 0 keeps both values and gradients finite.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+f32 = jnp.float32
+PREC = jax.lax.Precision.HIGHEST
+NEG_INF = -jnp.inf
+SUB_CHUNK = 16  # secondary chunk for per-channel gates
+
+
+def _einsum(spec, *xs):
+    return jnp.einsum(spec, *xs, precision=PREC)
+
+
+def chunk(x, C: int):
+    """[B, T, H, ...] -> [B, H, N, C, ...] (float32)."""
+    B, T, H = x.shape[:3]
+    x = x.astype(f32).reshape(B, T // C, C, H, *x.shape[3:])
+    return jnp.moveaxis(x, 3, 1)
+
+
+def unchunk(x):
+    """[B, H, N, C, ...] -> [B, T, H, ...]."""
+    B, H, N, C = x.shape[:4]
+    return jnp.moveaxis(x, 1, 3).reshape(B, N * C, H, *x.shape[4:])
+
+
+@dataclasses.dataclass(frozen=True)
+class _Masks:
+    """Segment masks, each with a broadcast head axis. None when there are no segment_ids."""
+
+    same: jax.Array  # [B, 1, N, C, C]  i and j in one segment
+    first: jax.Array  # [B, 1, N, C]  the previous chunk's state reaches i
+    last: jax.Array  # [B, 1, N, C]  j reaches the chunk's final state
+    carry: jax.Array  # [B, 1, N]  the previous chunk's state reaches the chunk's end
+
+
+def _segment_masks(segment_ids, C: int) -> _Masks | None:
+    if segment_ids is None:
+        return None
+    B, T = segment_ids.shape
+    s = segment_ids.reshape(B, T // C, C)
+    prev = jnp.concatenate([s[:, :1, 0], s[:, :-1, -1]], axis=1)  # id before each chunk
+    last = s[:, :, -1]
+    return _Masks(
+        same=(s[..., :, None] == s[..., None, :])[:, None],
+        first=(s == prev[..., None])[:, None],
+        last=(s == last[..., None])[:, None],
+        carry=(last == prev)[:, None],
+    )
+
+
+def _mask(x, m, extra_dims: int):
+    """where(m, x, -inf), broadcasting m over `extra_dims` trailing channel axes."""
+    if m is None:
+        return x
+    return jnp.where(m.reshape(m.shape + (1,) * extra_dims), x, NEG_INF)
+
+
+@dataclasses.dataclass(frozen=True)
+class _LogDecays:
+    """Masked log-decays of one gate (scalar: [B, H, N, C]; per channel: [B, H, N, C, D])."""
+
+    gc: jax.Array  # chunk-local cumsum (unmasked)
+    into: jax.Array  # chunk start -> i, -inf where a reset came first
+    to_end: jax.Array  # j -> chunk end, -inf where j does not reach the end
+    total: jax.Array  # chunk start -> chunk end, [B, H, N] (+ [D])
+
+
+def _log_decays(g, masks: _Masks | None) -> _LogDecays:
+    gc = jnp.cumsum(g, axis=3)
+    extra = g.ndim - 4
+    end = gc[:, :, :, -1]
+    return _LogDecays(
+        gc=gc,
+        into=_mask(gc, None if masks is None else masks.first, extra),
+        to_end=_mask(end[:, :, :, None] - gc, None if masks is None else masks.last, extra),
+        total=_mask(end, None if masks is None else masks.carry, extra),
+    )
+
+
+def _causal(C: int, strict: bool = False):
+    return jnp.tril(jnp.ones((C, C), bool), -1 if strict else 0)
+
+
+def _pair_log_decay(gc, masks: _Masks | None, C: int):
+    """Scalar gates: log decay from j to i, [B, H, N, C, C]; -inf above the diagonal and across
+    segments."""
+    keep = _causal(C)
+    if masks is not None:
+        keep = keep & masks.same
+    return jnp.where(keep, gc[..., :, None] - gc[..., None, :], NEG_INF)
+
+
+def _intra_key(q, k, gc, masks: _Masks | None, c: int):
+    """Per-key-channel gates: A_ij = sum_d q_id k_jd exp(gc_id - gc_jd) for j <= i in one segment.
+
+    q, k, gc: [B, H, N, C, D] -> A [B, H, N, C, C]. Diagonal sub-blocks (c x c) are exact; the
+    off-diagonal ones factor through the log-decay r_b at the end of key sub-block b, so both
+    factors exp(gc_i - r_b) and exp(r_b - gc_j) are <= 1.
+    """
+    *lead, C, D = q.shape
+    S = C // c
+    qs, ks, gs = (x.reshape(*lead, S, c, D) for x in (q, k, gc))
+    tri = _causal(c)[..., None]
+    d = jnp.where(tri, gs[..., :, None, :] - gs[..., None, :, :], NEG_INF)  # [.., S, i, j, D]
+    a_diag = _einsum("...sid,...sjd,...sijd->...sij", qs, ks, jnp.exp(d))
+    r = gs[..., -1, :]  # [.., S, D]
+    k_ref = ks * jnp.exp(r[..., None, :] - gs)  # [.., b, j, D]
+    below = jnp.tril(jnp.ones((S, S), bool), -1)[:, :, None, None]
+    lq = jnp.where(below, gs[..., :, None, :, :] - r[..., None, :, None, :], NEG_INF)
+    q_ref = qs[..., :, None, :, :] * jnp.exp(lq)  # [.., a, b, i, D]
+    a = _einsum("...abid,...bjd->...aibj", q_ref, k_ref)
+    a = a + a_diag[..., :, :, None, :] * jnp.eye(S, dtype=f32)[:, None, :, None]
+    a = a.reshape(*lead, C, C)
+    return a if masks is None else jnp.where(masks.same, a, 0.0)
+
+
+def _intra_value(scores, v, gc, c: int):
+    """Per-value-channel gates: o_im = sum_j scores_ij v_jm exp(gc_im - gc_jm).
+
+    scores: [B, H, N, C, C] (already causal and segment-masked); v, gc: [B, H, N, C, M].
+    """
+    *lead, C, M = v.shape
+    S = C // c
+    vs, gs = (x.reshape(*lead, S, c, M) for x in (v, gc))
+    a = scores.reshape(*lead, S, c, S, c)
+    a_diag = jnp.moveaxis(jnp.diagonal(a, axis1=-4, axis2=-2), -1, -3)  # [.., S, i, j]
+    d = jnp.where(_causal(c)[..., None], gs[..., :, None, :] - gs[..., None, :, :], NEG_INF)
+    o = _einsum("...sij,...sijm,...sjm->...sim", a_diag, jnp.exp(d), vs)
+    r = gs[..., -1, :]  # [.., b, M]
+    v_ref = vs * jnp.exp(r[..., None, :] - gs)
+    part = _einsum("...aibj,...bjm->...aibm", a, v_ref)
+    below = jnp.tril(jnp.ones((S, S), bool), -1)[:, None, :, None]
+    lq = jnp.where(below, gs[..., :, :, None, :] - r[..., None, None, :, :], NEG_INF)
+    o = o + jnp.sum(part * jnp.exp(lq), axis=-2)
+    return o.reshape(*lead, C, M)
+
+
+def state_pass(S0, decay, kd, vd, w=None):
+    """The chunked scan: S_n = decay_n * S_{n-1} + kd_n^T (vd_n - w_n S_{n-1}).
+
+    S0: [B, H, K, V] float32; decay: [B, H, N, K|1, V|1] multiplicative; kd, w: [B, H, N, C, K];
+    vd: [B, H, N, C, V]. Returns (states [B, H, N, K, V] = S_{n-1} per chunk, S_N, v_new
+    [B, H, N, C, V] = vd - w S_{n-1}, or vd when w is None).
+    """
+    xs = [jnp.moveaxis(x, 2, 0) for x in (decay, kd, vd)]
+    if w is not None:
+        xs.append(jnp.moveaxis(w, 2, 0))
+
+    def step(S, x):
+        dec, kn, vn = x[:3]
+        if w is not None:
+            vn = vn - _einsum("bhck,bhkv->bhcv", x[3], S)
+        return dec * S + _einsum("bhck,bhcv->bhkv", kn, vn), (S, vn)
+
+    S_N, (states, v_new) = jax.lax.scan(step, S0, xs)
+    return jnp.moveaxis(states, 0, 2), S_N, jnp.moveaxis(v_new, 0, 2)
+
+
+def _init_state(initial_state, B, H, K, V):
+    return jnp.zeros((B, H, K, V), f32) if initial_state is None else initial_state.astype(f32)
+
+
+def _gated(q, k, v, g, kind, *, scale, initial_state, segment_ids, chunk_size):
+    """Gated linear attention, chunked. kind: "none" | "scalar" ([B,T,H]) | "key" ([B,T,H,K])
+    | "value" ([B,T,H,V]). Returns (o [B, T, H, V] float32, final state [B, H, K, V])."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    C = chunk_size
+    c = min(SUB_CHUNK, C)
+    masks = _segment_masks(segment_ids, C)
+    qc, kc, vc = chunk(q, C) * scale, chunk(k, C), chunk(v, C)
+    S0 = _init_state(initial_state, B, H, K, V)
+    if kind in ("none", "scalar"):
+        gcn = chunk(g, C) if kind == "scalar" else jnp.zeros(qc.shape[:4], f32)
+        ld = _log_decays(gcn, masks)
+        scores = _einsum("...ik,...jk->...ij", qc, kc) * jnp.exp(_pair_log_decay(ld.gc, masks, C))
+        states, S_N, _ = state_pass(
+            S0, jnp.exp(ld.total)[..., None, None], kc * jnp.exp(ld.to_end)[..., None], vc
+        )
+        o = _einsum("...ck,...kv->...cv", qc * jnp.exp(ld.into)[..., None], states)
+    elif kind == "key":
+        ld = _log_decays(chunk(g, C), masks)
+        scores = _intra_key(qc, kc, ld.gc, masks, c)
+        states, S_N, _ = state_pass(
+            S0, jnp.exp(ld.total)[..., :, None], kc * jnp.exp(ld.to_end), vc
+        )
+        o = _einsum("...ck,...kv->...cv", qc * jnp.exp(ld.into), states)
+    elif kind == "value":
+        ld = _log_decays(chunk(g, C), masks)
+        keep = _causal(C) if masks is None else _causal(C) & masks.same
+        raw = jnp.where(keep, _einsum("...ik,...jk->...ij", qc, kc), 0.0)
+        states, S_N, _ = state_pass(
+            S0, jnp.exp(ld.total)[..., None, :], kc, vc * jnp.exp(ld.to_end)
+        )
+        o = _einsum("...ck,...kv->...cv", qc, states) * jnp.exp(ld.into)
+        return unchunk(o + _intra_value(raw, vc, ld.gc, c)), S_N
+    else:
+        raise ValueError(f"unknown gate kind {kind!r}")
+    o = o + _einsum("...ij,...jv->...iv", scores, vc)
+    return unchunk(o), S_N
+
+
+def linear_attention(q, k, v, *, scale, initial_state=None, segment_ids=None, chunk_size=64,
+                     output_final_state=True):
+    return _gated(q, k, v, None, "none", scale=scale, initial_state=initial_state,
+                  segment_ids=segment_ids, chunk_size=chunk_size)
+
+
+def simple_gla(q, k, v, g, *, scale, initial_state=None, segment_ids=None, chunk_size=64,
+               output_final_state=True):
+    return _gated(q, k, v, g, "scalar", scale=scale, initial_state=initial_state,
+                  segment_ids=segment_ids, chunk_size=chunk_size)
+
+
+def gla(q, k, v, g, *, scale, initial_state=None, segment_ids=None, chunk_size=64,
+        output_final_state=True):
+    return _gated(q, k, v, g, "key", scale=scale, initial_state=initial_state,
+                  segment_ids=segment_ids, chunk_size=chunk_size)
+
+
+def gsa(q, k, v, s, g, *, scale, initial_state=None, segment_ids=None, chunk_size=64,
+        output_final_state=True):
+    """Two GLA passes: slot logits with the gate on the value (slot) side, softmax over slots,
+    then a key-side-gated pass that reads the slot values."""
+    A0, B0 = (None, None) if initial_state is None else initial_state
+    common = dict(segment_ids=segment_ids, chunk_size=chunk_size)
+    logits, A_N = _gated(q, k, s, g, "value", scale=scale, initial_state=A0, **common)
+    p = jax.nn.softmax(logits, axis=-1)
+    o, B_N = _gated(p, s, v, g, "key", scale=1.0, initial_state=B0, **common)
+    return o, (A_N, B_N)
+
+
+def _wy(kc, vc, bc, ld: _LogDecays, masks, C):
+    """WY factors of one chunk: with T = I + tril(diag(beta) (Gamma * K K^T), -1),
+    U = T^{-1} diag(beta) V and W = T^{-1} diag(beta * gamma) K (a unit lower-triangular solve)."""
+    gam = jnp.exp(_pair_log_decay(ld.gc, masks, C))  # [.., C, C]
+    lower = _einsum("...ik,...jk->...ij", kc, kc) * gam * bc[..., :, None]
+    tmat = jnp.where(_causal(C, strict=True), lower, 0.0) + jnp.eye(C, dtype=f32)
+    K = kc.shape[-1]
+    rhs = jnp.concatenate([bc[..., None] * vc, (bc * jnp.exp(ld.into))[..., None] * kc], axis=-1)
+    x = jax.lax.linalg.triangular_solve(tmat, rhs, left_side=True, lower=True, unit_diagonal=True)
+    return x[..., :-K], x[..., -K:], gam
+
+
+def gated_delta_rule(q, k, v, g, beta, *, scale, initial_state=None, segment_ids=None,
+                     chunk_size=64, output_final_state=True):
+    """Chunked gated delta rule (DeltaNet / Gated DeltaNet papers): WY factors per chunk, then the
+    shared state pass with v_new = U - W S_{n-1}, then o = (q gamma) S_{n-1} + (q k^T * Gamma) v_new."""
+    B, T, H, K = q.shape
+    C = chunk_size
+    masks = _segment_masks(segment_ids, C)
+    qc, kc, vc = chunk(q, C) * scale, chunk(k, C), chunk(v, C)
+    bc = chunk(beta, C)
+    ld = _log_decays(chunk(g, C), masks)
+    u, w, gam = _wy(kc, vc, bc, ld, masks, C)
+    S0 = _init_state(initial_state, B, H, K, v.shape[-1])
+    states, S_N, v_new = state_pass(
+        S0, jnp.exp(ld.total)[..., None, None], kc * jnp.exp(ld.to_end)[..., None], u, w
+    )
+    o = _einsum("...ck,...kv->...cv", qc * jnp.exp(ld.into)[..., None], states)
+    o = o + _einsum("...ij,...jv->...iv", _einsum("...ik,...jk->...ij", qc, kc) * gam, v_new)
+    return unchunk(o), S_N
+
+
+def delta_rule(q, k, v, beta, *, scale, initial_state=None, segment_ids=None, chunk_size=64,
+               output_final_state=True):
+    g = jnp.zeros(q.shape[:3], f32)
+    return gated_delta_rule(q, k, v, g, beta, scale=scale, initial_state=initial_state,
+                            segment_ids=segment_ids, chunk_size=chunk_size)
