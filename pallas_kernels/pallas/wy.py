@@ -1,0 +1,341 @@
+"""WY stage of the chunked delta rule: the per-chunk triangular solve, forward and backward.
+
+Notation: B batch, H heads, T time (a multiple of C), C chunk size, N = T / C chunks,
+K key dim, V value dim. Layout of this stage is head-major, [B, H, T, D].
+
+Per chunk (rows i, j index positions inside the chunk), with gc the chunk-local cumulative sum of
+the log-gate (all zeros for the ungated delta rule) and r the chunk-local count of segment resets
+at or before each position:
+
+    same_ij  = [r_i == r_j]                    (no segment boundary between j and i)
+    Gamma_ij = same_ij exp(gc_i - gc_j)        for i >= j, else 0
+    gamma_i  = [r_i == 0] exp(gc_i)            (decay from the chunk start; 0 after a reset)
+    L        = tril(diag(beta) (Gamma * K K^T), -1)
+    A        = (I + L)^{-1}
+    W        = A diag(beta gamma) K,           U = A diag(beta) V
+
+so that the chunk's corrected values are V_new = U - W S_{n-1} (the delta rule's state pass).
+
+A is computed by a blocked forward substitution: the 16 x 16 diagonal blocks of I + L are
+inverted by column elimination (all diagonal blocks at once, 16 steps of C x C vector work),
+then the block rows are merged by block forward substitution in Horner form,
+Y <- D^{-1} - (D^{-1} E) Y (nb - 1 matrix products, nb = C / 16), which is exact because
+D^{-1} E is strictly block-lower. Everything after loading is float32.
+
+Backends: "tpu" (Mosaic; `pltpu.CompilerParams`) and "triton" (GPU). Both run the same kernel
+bodies with grid (B, H, N), one chunk per program; on CPU both run in interpret mode (TPU
+interpret with race detection, or the generic `interpret=True` for Triton).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+from jax.experimental.pallas import triton as pltriton
+
+BACKENDS = ("tpu", "triton")
+_SOLVE_BLOCK = 16
+_HI = lax.Precision.HIGHEST
+
+
+def default_backend() -> tuple[str, bool]:
+    """(backend, interpret) for the current platform: TPU -> Mosaic, GPU -> Triton, CPU -> TPU
+    interpret mode."""
+    platform = jax.default_backend()
+    if platform == "gpu":
+        return "triton", False
+    if platform == "tpu":
+        return "tpu", False
+    return "tpu", True
+
+
+def interpret_arg(backend: str, interpret: bool):
+    """The `interpret=` argument of `pl.pallas_call` for `backend`."""
+    if not interpret:
+        return False
+    if backend == "tpu":
+        return pltpu.InterpretParams(detect_races=True)
+    return True
+
+
+def compiler_params(backend: str, n_parallel: int, n_arbitrary: int = 0, num_warps: int = 4):
+    """Compiler params for a grid of `n_parallel` parallel axes then `n_arbitrary` sequential ones."""
+    if backend == "tpu":
+        return pltpu.CompilerParams(
+            dimension_semantics=("parallel",) * n_parallel + ("arbitrary",) * n_arbitrary
+        )
+    if backend == "triton":
+        return pltriton.CompilerParams(num_warps=num_warps, num_stages=1)
+    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+# ----------------------------------------------------------------------------- in-kernel helpers
+
+
+def _iota(c: int):
+    rows = lax.broadcasted_iota(jnp.int32, (c, c), 0)
+    cols = lax.broadcasted_iota(jnp.int32, (c, c), 1)
+    return rows, cols
+
+
+def _col_to_row(x, eye):
+    """(C, 1) -> (1, C) without a transpose op (portable to Mosaic and Triton)."""
+    return jnp.sum(jnp.where(eye, x, 0.0), axis=0, keepdims=True)
+
+
+def _row_to_col(x, eye):
+    """(1, C) -> (C, 1)."""
+    return jnp.sum(jnp.where(eye, x, 0.0), axis=1, keepdims=True)
+
+
+def _dot(a, b, trans_a=False, trans_b=False):
+    """float32 a @ b (optionally a^T, b^T) at full precision (no tf32)."""
+    dims = (((0 if trans_a else 1,), (1 if trans_b else 0,)), ((), ()))
+    return lax.dot_general(a, b, dims, precision=_HI, preferred_element_type=jnp.float32)
+
+
+def chunk_masks(gc, r):
+    """In-kernel: masks and decays of one chunk from gc, r (C, 1) float32.
+
+    Returns (rows, cols, eye, lower_same, incl_same, gam, gamma): `lower_same` strictly lower and
+    same segment, `incl_same` lower including the diagonal and same segment, `gam` the (C, C)
+    matrix Gamma (zero outside `incl_same`), `gamma` (C, 1) the decay from the chunk start.
+    """
+    c = gc.shape[0]
+    rows, cols = _iota(c)
+    eye = rows == cols
+    gc_row = _col_to_row(gc, eye)
+    r_row = _col_to_row(r, eye)
+    same = r == r_row
+    incl_same = jnp.logical_and(rows >= cols, same)
+    lower_same = jnp.logical_and(rows > cols, same)
+    gam = jnp.where(incl_same, jnp.exp(jnp.where(incl_same, gc - gc_row, 0.0)), 0.0)
+    gamma = jnp.where(r == 0.0, jnp.exp(gc), 0.0)
+    return rows, cols, eye, lower_same, incl_same, gam, gamma
+
+
+def unit_lower_inverse(lmat, rows, cols):
+    """In-kernel: (I + lmat)^{-1} for a strictly lower-triangular (C, C) float32 `lmat`."""
+    c = lmat.shape[0]
+    b = min(_SOLVE_BLOCK, c)
+    shift = b.bit_length() - 1
+    in_block = (rows >> shift) == (cols >> shift)
+    row_in_block = jnp.bitwise_and(rows, b - 1)
+    col_in_block = jnp.bitwise_and(cols, b - 1)
+    l_diag = jnp.where(in_block, lmat, 0.0)
+    # Column elimination inside all diagonal blocks at once: after step s, the rows below the s-th
+    # pivot of every block have had that pivot's row subtracted. X stays block diagonal, so the
+    # pivot rows of different blocks have disjoint column support and can be summed into one row.
+    x = jnp.where(rows == cols, 1.0, 0.0).astype(jnp.float32)
+    for s in range(b):
+        col = jnp.sum(jnp.where(col_in_block == s, l_diag, 0.0), axis=1, keepdims=True)
+        piv = jnp.sum(jnp.where(row_in_block == s, x, 0.0), axis=0, keepdims=True)
+        x = x - jnp.where(in_block, col * piv, 0.0)
+    nb = c // b
+    if nb == 1:
+        return x
+    # Block forward substitution: Y = sum_m (-N)^m D^{-1}, N = D^{-1} E, in Horner form.
+    n_mat = _dot(x, jnp.where(in_block, 0.0, lmat))
+    y = x
+    for _ in range(nb - 1):
+        y = x - _dot(n_mat, y)
+    return y
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+def _wy_fwd_kernel(k_ref, v_ref, beta_ref, gc_ref, r_ref, w_ref, u_ref, a_ref):
+    k = k_ref[...].astype(jnp.float32)
+    v = v_ref[...].astype(jnp.float32)
+    beta = beta_ref[...].astype(jnp.float32)
+    gc = gc_ref[...].astype(jnp.float32)
+    r = r_ref[...].astype(jnp.float32)
+    rows, cols, _, lower_same, _, gam, gamma = chunk_masks(gc, r)
+    kk = _dot(k, k, trans_b=True)
+    lmat = jnp.where(lower_same, beta * kk * gam, 0.0)
+    a = unit_lower_inverse(lmat, rows, cols)
+    w_ref[...] = _dot(a, beta * gamma * k).astype(w_ref.dtype)
+    u_ref[...] = _dot(a, beta * v).astype(u_ref.dtype)
+    a_ref[...] = a.astype(a_ref.dtype)
+
+
+def _wy_bwd_kernel(k_ref, v_ref, beta_ref, gc_ref, r_ref, a_ref, dw_ref, du_ref,
+                   dk_ref, dv_ref, dbeta_ref, dgc_ref):
+    k = k_ref[...].astype(jnp.float32)
+    v = v_ref[...].astype(jnp.float32)
+    beta = beta_ref[...].astype(jnp.float32)
+    gc = gc_ref[...].astype(jnp.float32)
+    r = r_ref[...].astype(jnp.float32)
+    a = a_ref[...].astype(jnp.float32)
+    dw = dw_ref[...].astype(jnp.float32)
+    du = du_ref[...].astype(jnp.float32)
+    _, _, eye, lower_same, _, gam, gamma = chunk_masks(gc, r)
+    bg = beta * gamma
+    # W = A Kb, U = A Vb with Kb = diag(beta gamma) K, Vb = diag(beta) V.
+    da = _dot(dw, bg * k, trans_b=True) + _dot(du, beta * v, trans_b=True)
+    dkb = _dot(a, dw, trans_a=True)
+    dvb = _dot(a, du, trans_a=True)
+    # A = M^{-1}, M = I + L: dM = -A^T dA A^T; only the strictly lower (same segment) part of L is live.
+    dm = -_dot(_dot(a, da, trans_a=True), a, trans_b=True)
+    dl = jnp.where(lower_same, dm, 0.0)
+    kk = _dot(k, k, trans_b=True)
+    dl_gam = dl * gam
+    dkk = beta * dl_gam                          # d(K K^T), strictly lower
+    dk = _dot(dkk, k) + _dot(dkk, k, trans_a=True) + bg * dkb
+    dkb_k = jnp.sum(dkb * k, axis=1, keepdims=True)
+    dbeta = (jnp.sum(dl_gam * kk, axis=1, keepdims=True) + gamma * dkb_k
+             + jnp.sum(dvb * v, axis=1, keepdims=True))
+    # Gamma_ij = exp(gc_i - gc_j): dgc_i += sum_j R_ij, dgc_j -= sum_i R_ij with R = dL * L.
+    rmat = dl * beta * kk * gam
+    dgc = (jnp.sum(rmat, axis=1, keepdims=True)
+           - _row_to_col(jnp.sum(rmat, axis=0, keepdims=True), eye) + bg * dkb_k)
+    dk_ref[...] = dk.astype(dk_ref.dtype)
+    dv_ref[...] = (beta * dvb).astype(dv_ref.dtype)
+    dbeta_ref[...] = dbeta.astype(dbeta_ref.dtype)
+    dgc_ref[...] = dgc.astype(dgc_ref.dtype)
+
+
+# ----------------------------------------------------------------------------- wrappers
+
+
+def _specs(chunk_size: int, dims: tuple[int, ...], seg_index: tuple[bool, ...]):
+    """BlockSpecs for grid (B, H, N): one chunk of a [B, H, T, D] array, or of a [B, T, 1] one."""
+    specs = []
+    for d, per_row in zip(dims, seg_index):
+        if per_row:
+            specs.append(pl.BlockSpec((None, chunk_size, d), lambda b, h, n: (b, n, 0)))
+        else:
+            specs.append(pl.BlockSpec((None, None, chunk_size, d), lambda b, h, n: (b, h, n, 0)))
+    return specs
+
+
+def _check(k, v, beta, gc, r, chunk_size):
+    B, H, T, K = k.shape
+    if v.shape[:3] != (B, H, T):
+        raise ValueError(f"v must be [B, H, T, V] with [B, H, T] = {[B, H, T]}, got {v.shape}")
+    for name, x in (("beta", beta), ("gc", gc)):
+        if x.shape != (B, H, T):
+            raise ValueError(f"{name} must have shape [B, H, T] = {[B, H, T]}, got {x.shape}")
+    if r.shape != (B, T):
+        raise ValueError(f"r must have shape [B, T] = {[B, T]}, got {r.shape}")
+    if T % chunk_size:
+        raise ValueError(f"T = {T} must be a multiple of chunk_size = {chunk_size}")
+
+
+@functools.partial(jax.jit, static_argnames=("chunk_size", "backend", "interpret"))
+def wy_fwd(k, v, beta, gc, r, *, chunk_size: int, backend: str = "tpu", interpret: bool = False):
+    """WY factors of every chunk.
+
+    Args:
+      k: [B, H, T, K]; v: [B, H, T, V]; beta: [B, H, T]; gc: [B, H, T] float32 chunk-local
+        cumulative log-gate (zeros for the ungated rule); r: [B, T] float32 chunk-local count of
+        segment resets at or before each position (zeros without segments).
+    Returns:
+      w [B, H, T, K] float32, u [B, H, T, V] float32, a [B, H, T, C] float32 (row i of a chunk's A).
+    """
+    _check(k, v, beta, gc, r, chunk_size)
+    B, H, T, K = k.shape
+    V = v.shape[-1]
+    C = chunk_size
+    f32 = jnp.float32
+    out_shape = (
+        jax.ShapeDtypeStruct((B, H, T, K), f32),
+        jax.ShapeDtypeStruct((B, H, T, V), f32),
+        jax.ShapeDtypeStruct((B, H, T, C), f32),
+    )
+    return pl.pallas_call(
+        _wy_fwd_kernel,
+        grid=(B, H, T // C),
+        in_specs=_specs(C, (K, V, 1, 1, 1), (False, False, False, False, True)),
+        out_specs=_specs(C, (K, V, C), (False, False, False)),
+        out_shape=out_shape,
+        compiler_params=compiler_params(backend, 3),
+        interpret=interpret_arg(backend, interpret),
+        name="delta_wy_fwd",
+    )(k, v, beta[..., None].astype(f32), gc[..., None].astype(f32), r[..., None].astype(f32))
+
+
+@functools.partial(jax.jit, static_argnames=("chunk_size", "backend", "interpret"))
+def wy_bwd(k, v, beta, gc, r, a, dw, du, *, chunk_size: int, backend: str = "tpu",
+           interpret: bool = False):
+    """Backward of `wy_fwd` given its `a` output and the cotangents dw [B, H, T, K], du [B, H, T, V].
+
+    Returns dk [B, H, T, K], dv [B, H, T, V], dbeta [B, H, T], dgc [B, H, T], all float32.
+    """
+    _check(k, v, beta, gc, r, chunk_size)
+    B, H, T, K = k.shape
+    V = v.shape[-1]
+    C = chunk_size
+    f32 = jnp.float32
+    out_shape = (
+        jax.ShapeDtypeStruct((B, H, T, K), f32),
+        jax.ShapeDtypeStruct((B, H, T, V), f32),
+        jax.ShapeDtypeStruct((B, H, T, 1), f32),
+        jax.ShapeDtypeStruct((B, H, T, 1), f32),
+    )
+    dk, dv, dbeta, dgc = pl.pallas_call(
+        _wy_bwd_kernel,
+        grid=(B, H, T // C),
+        in_specs=_specs(C, (K, V, 1, 1, 1, C, K, V), (False,) * 4 + (True,) + (False,) * 3),
+        out_specs=_specs(C, (K, V, 1, 1), (False,) * 4),
+        out_shape=out_shape,
+        compiler_params=compiler_params(backend, 3),
+        interpret=interpret_arg(backend, interpret),
+        name="delta_wy_bwd",
+    )(k, v, beta[..., None].astype(f32), gc[..., None].astype(f32), r[..., None].astype(f32),
+      a, dw.astype(f32), du.astype(f32))
+    return dk, dv, dbeta[..., 0], dgc[..., 0]
+
+
+# ----------------------------------------------------------------------------- reference
+
+
+def chunk_cumsum(g, chunk_size: int):
+    """Plain JAX: [B, H, T] log-gates -> float32 cumulative sum restarting at every chunk."""
+    B, H, T = g.shape
+    gc = jnp.cumsum(g.astype(jnp.float32).reshape(B, H, T // chunk_size, chunk_size), axis=-1)
+    return gc.reshape(B, H, T)
+
+
+def segment_resets(segment_ids, chunk_size: int):
+    """[B, T] int -> [B, T] float32 chunk-local count of resets at or before each position."""
+    B, T = segment_ids.shape
+    reset = jnp.concatenate(
+        [jnp.zeros((B, 1), jnp.bool_), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1
+    )
+    r = jnp.cumsum(reset.astype(jnp.float32).reshape(B, T // chunk_size, chunk_size), axis=-1)
+    return r.reshape(B, T)
+
+
+def wy_reference(k, v, beta, gc, r, *, chunk_size: int):
+    """Plain-JAX WY factors (same contract as `wy_fwd`), differentiable with `jax.vjp`."""
+    B, H, T, K = k.shape
+    V = v.shape[-1]
+    C = chunk_size
+    N = T // C
+    f32 = jnp.float32
+    kc = k.astype(f32).reshape(B, H, N, C, K)
+    vc = v.astype(f32).reshape(B, H, N, C, V)
+    bc = beta.astype(f32).reshape(B, H, N, C, 1)
+    gcc = gc.astype(f32).reshape(B, H, N, C, 1)
+    rc = r.astype(f32).reshape(B, 1, N, C, 1)
+    i = jnp.arange(C)
+    same = rc == jnp.swapaxes(rc, -1, -2)
+    lower = jnp.logical_and(i[:, None] > i[None, :], same)
+    diff = gcc - jnp.swapaxes(gcc, -1, -2)
+    gam = jnp.where(lower, jnp.exp(jnp.where(lower, diff, 0.0)), 0.0)
+    gamma = jnp.where(rc == 0, jnp.exp(gcc), 0.0)
+    kk = jnp.einsum("...ik,...jk->...ij", kc, kc, precision=_HI)
+    lmat = jnp.where(lower, bc * kk * gam, 0.0)
+    m = jnp.eye(C, dtype=f32) + lmat
+    eye = jnp.broadcast_to(jnp.eye(C, dtype=f32), m.shape)
+    a = jax.scipy.linalg.solve_triangular(m, eye, lower=True, unit_diagonal=True)
+    w = jnp.einsum("...ij,...jk->...ik", a, bc * gamma * kc, precision=_HI)
+    u = jnp.einsum("...ij,...jk->...ik", a, bc * vc, precision=_HI)
+    return w.reshape(B, H, T, K), u.reshape(B, H, T, V), a.reshape(B, H, T, C)
