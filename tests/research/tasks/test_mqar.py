@@ -112,7 +112,8 @@ def test_gap_distribution_follows_power_law():
     [
         (dict(seq_len=63), "seq_len"),
         (dict(num_kv_pairs=17), "num_kv_pairs"),
-        (dict(vocab_size=64), "vocab_size"),
+        (dict(vocab_size=8), "num_kv_pairs"),
+        (dict(vocab_size=2), "vocab_size"),
         (dict(filler="ones"), "filler"),
         (dict(power_a=0.0), "power_a"),
         (dict(num_examples=0), "num_examples"),

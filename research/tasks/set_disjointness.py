@@ -1,0 +1,78 @@
+"""Set disjointness (Arora et al., "Just read twice", 2024): find the one element two sets share.
+
+    tokens:  A (|A| distinct elements) SEP B (|B| distinct elements) QUERY
+    targets: the single element in A ∩ B, at QUERY (the only masked position)
+
+The two sets share exactly one element. A recurrent model must store the first set to test the
+second against it, so its state requirement depends on the ORDER: `order="short_first"` puts the
+short set first (easy for a fixed-size state), `"long_first"` the long one. Sizes: the short set
+has `short_size` elements and the long set fills the rest, `seq_len - short_size - 2`.
+
+Tokens: 0 = SEP, 1 = QUERY, elements from `2..V-1`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from research.tasks.base import Example, Task, check_choice, check_positive
+
+SEP = 0
+QUERY = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SetDisjointness(Task):
+    """Set disjointness source (grain RandomAccessDataSource).
+
+    Attributes:
+      vocab_size: V; the two sets need `short_size + long_size - 1 <= V - 2` distinct elements.
+      seq_len: L = short_size + long_size + 2.
+      short_size: elements in the short set (>= 1, <= long_size).
+      order: "short_first" or "long_first".
+      seed, num_examples: examples are deterministic in (seed, index).
+
+    `task[i]` -> {"tokens": int32[L], "targets": int32[L], "loss_mask": bool[L]}.
+    """
+
+    vocab_size: int = 256
+    seq_len: int = 64
+    short_size: int = 8
+    order: str = "short_first"
+    seed: int = 0
+    num_examples: int = 100_000
+
+    def __post_init__(self):
+        check_positive("short_size", self.short_size)
+        check_positive("seq_len", self.seq_len, 2 * self.short_size + 2)
+        check_positive("num_examples", self.num_examples)
+        check_positive("seed", self.seed, 0)
+        check_choice("order", self.order, ("short_first", "long_first"))
+        need = self.short_size + self.long_size - 1
+        if need > self.vocab_size - 2:
+            raise ValueError(
+                f"vocab_size must be >= {need + 2} for short_size={self.short_size} and "
+                f"seq_len={self.seq_len} (distinct elements), got {self.vocab_size}"
+            )
+
+    @property
+    def long_size(self) -> int:
+        """Elements in the long set: seq_len - short_size - 2."""
+        return self.seq_len - self.short_size - 2
+
+    def _generate(self, rng: np.random.Generator) -> Example:
+        s, l = self.short_size, self.long_size
+        elems = rng.choice(np.arange(2, self.vocab_size), size=s + l - 1, replace=False)
+        common = elems[0]
+        short = rng.permutation(np.concatenate([[common], elems[1:s]]))
+        long_ = rng.permutation(np.concatenate([[common], elems[s:]]))
+        first, second = (short, long_) if self.order == "short_first" else (long_, short)
+        tokens = np.concatenate([first, [SEP], second, [QUERY]]).astype(np.int64)
+        L = self.seq_len
+        targets = np.zeros(L, dtype=np.int64)
+        targets[L - 1] = common
+        loss_mask = np.zeros(L, dtype=bool)
+        loss_mask[L - 1] = True
+        return {"tokens": tokens, "targets": targets, "loss_mask": loss_mask}
