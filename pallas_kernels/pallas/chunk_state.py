@@ -1,0 +1,418 @@
+"""Stage 3 of DESIGN.md §3: the inter-chunk state pass (the chunked scan), forward and backward.
+
+Notation: G = B * H (batch and heads flattened), N chunks of C positions, K key dim, V value dim.
+Every array is chunk-major: [G, N, C, D] is [B, H, T, D] reshaped (T = N * C).
+
+Contract of `state_pass` (shared with the delta-rule kernels)::
+
+    states, h_final, v_new = state_pass(kd, vd, decay_k=None, decay_v=None, h0=None, w=None)
+
+    kd       [G, N, C, K]  any float dtype   key side of each chunk's update; per chunk, with the
+                                             decay from each position to the chunk end already
+                                             applied (and zeroed where a segment reset follows)
+    vd       [G, N, C, V]  any float dtype   value side of each chunk's update
+    decay_k  [G, N, K]     float32 or None   per-chunk decay of the state rows (None: 1)
+    decay_v  [G, N, V]     float32 or None   per-chunk decay of the state columns (None: 1)
+    h0       [G, K, V]     float32 or None   state before the first chunk (None: 0)
+    w        [G, N, C, K]  any float or None delta-rule correction (None: no correction)
+
+    recurrence, chunk n = 0 .. N-1, S_{-1} = h0:
+        u_n = vd_n - w_n @ S_{n-1}                     (u_n = vd_n when w is None)
+        S_n = (decay_k[n][:, None] * decay_v[n][None, :]) * S_{n-1} + kd_n^T @ u_n
+
+    states   [G, N, K, V]  float32           states[:, n] = S_{n-1}, the state entering chunk n
+                                             (states[:, 0] = h0)
+    h_final  [G, K, V]     float32           S_{N-1}, the state after the last chunk
+    v_new    [G, N, C, V]  float32 or None   u_n (only when w is given)
+
+`state_pass` is a `jax.custom_vjp`: differentiable in every array operand (cotangents for
+states, h_final and v_new all flow back); the backward is a reverse pass over chunks in Pallas
+(`dS_{n-1} = D_n * dS_n - w_n^T dU_n + dstates_n`). The flavour (TPU or Triton) comes from
+`pallas_kernels.pallas._backend.current()` at trace time.
+
+TPU flavour: grid (G, N) with the chunk axis "arbitrary" and the state in VMEM scratch (the
+forward keeps the full K x V state; value tiles are not needed for head dims <= 256).
+Triton flavour: grid (G, V / block_v) in the forward and (G,) in the backward; the chunk loop
+runs inside the kernel with the state as the loop carry.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+from pallas_kernels.pallas import _backend
+
+F32 = jnp.float32
+
+
+# ----------------------------------------------------------------------------------------------
+# Matmul helpers shared by the kernels of this package (f32 accumulation; exact f32 for f32 data).
+
+def _prep(a, b):
+    if a.dtype != b.dtype:
+        a, b = a.astype(F32), b.astype(F32)
+    prec = lax.Precision.HIGHEST if a.dtype == F32 else None
+    return a, b, prec
+
+
+def mm(a, b):
+    """a [M, K] @ b [K, N] -> float32 [M, N]."""
+    a, b, prec = _prep(a, b)
+    return lax.dot_general(a, b, (((1,), (0,)), ((), ())), precision=prec,
+                           preferred_element_type=F32)
+
+
+def mm_nt(a, b):
+    """a [M, K] @ b[N, K]^T -> float32 [M, N]."""
+    a, b, prec = _prep(a, b)
+    return lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=prec,
+                           preferred_element_type=F32)
+
+
+def mm_tn(a, b):
+    """a[K, M]^T @ b [K, N] -> float32 [M, N]."""
+    a, b, prec = _prep(a, b)
+    return lax.dot_general(a, b, (((0,), (0,)), ((), ())), precision=prec,
+                           preferred_element_type=F32)
+
+
+# ----------------------------------------------------------------------------------------------
+# The per-chunk math, one copy shared by both flavours.
+
+def _step_fwd(S, kd, vd, dk, dv, w):
+    """One chunk: returns (S_n, u_n). S [K, V] f32, kd [C, K], vd [C, V], dk [K, 1] | None,
+    dv [1, V] | None, w [C, K] | None."""
+    u = vd.astype(F32)
+    if w is not None:
+        u = u - mm(w, S)
+    Sn = S
+    if dk is not None:
+        Sn = Sn * dk
+    if dv is not None:
+        Sn = Sn * dv
+    Sn = Sn + mm_tn(kd, vd if w is None else u)
+    return Sn, u
+
+
+def _step_bwd(dS, S, kd, vd, dk, dv, w, dstate, dvnew):
+    """Reverse of one chunk. dS = dL/dS_n (f32 [K, V]), S = S_{n-1}. Returns
+    (dS_{n-1}, dkd [C, K], dvd [C, V], ddk [K, 1] | None, ddv [1, V] | None, dw [C, K] | None),
+    all float32; dstate [K, V] is the cotangent of the emitted S_{n-1}, dvnew [C, V] that of u_n."""
+    u = vd.astype(F32)
+    if w is not None:
+        u = u - mm(w, S)
+    dU = mm(kd, dS)                                   # [C, V]
+    if dvnew is not None:
+        dU = dU + dvnew.astype(F32)
+    dkd = mm_nt(u, dS)                                # [C, K]
+    D = None
+    if dk is not None:
+        D = dk
+    if dv is not None:
+        D = dv if D is None else D * dv
+    ddk = ddv = None
+    if D is not None:
+        dD = dS * S
+        if dk is not None:
+            ddk = jnp.sum(dD * dv if dv is not None else dD, axis=1, keepdims=True)
+        if dv is not None:
+            ddv = jnp.sum(dD * dk if dk is not None else dD, axis=0, keepdims=True)
+        dSp = dS * D
+    else:
+        dSp = dS
+    dw = None
+    if w is not None:
+        dw = -mm_nt(dU, S)                            # [C, K]
+        dSp = dSp - mm_tn(w, dU)
+    dSp = dSp + dstate
+    return dSp, dkd, dU, ddk, ddv, dw
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward kernels.
+
+def _unpack(refs, flags):
+    """Splits `refs` into a dict by the names in `flags` (name -> present)."""
+    out, i = {}, 0
+    for name, present in flags:
+        if present:
+            out[name] = refs[i]
+            i += 1
+        else:
+            out[name] = None
+    assert i == len(refs), (i, len(refs))
+    return out
+
+
+def _fwd_kernel_tpu(*refs, flags, n_chunks):
+    r = _unpack(refs, flags)
+    n = pl.program_id(1)
+    S_ref = r["scratch"]
+
+    @pl.when(n == 0)
+    def _init():
+        if r["h0"] is not None:
+            S_ref[...] = r["h0"][...]
+        else:
+            S_ref[...] = jnp.zeros(S_ref.shape, F32)
+
+    S = S_ref[...]
+    r["states"][...] = S
+    Sn, u = _step_fwd(
+        S, r["kd"][...], r["vd"][...],
+        None if r["dk"] is None else r["dk"][...],
+        None if r["dv"] is None else r["dv"][...],
+        None if r["w"] is None else r["w"][...],
+    )
+    if r["vnew"] is not None:
+        r["vnew"][...] = u
+    S_ref[...] = Sn
+
+    @pl.when(n == n_chunks - 1)
+    def _fin():
+        r["hT"][...] = Sn
+
+
+def _fwd_kernel_triton(*refs, flags, n_chunks, block_v):
+    r = _unpack(refs, flags)
+    j = pl.program_id(1)
+    vs = pl.ds(j * block_v, block_v)
+    K = r["kd"].shape[-1]
+    if r["h0"] is not None:
+        S0 = r["h0"][:, vs]
+    else:
+        S0 = jnp.zeros((K, block_v), F32)
+
+    def body(n, S):
+        r["states"][n, :, :] = S
+        Sn, u = _step_fwd(
+            S, r["kd"][n], r["vd"][n, :, vs],
+            None if r["dk"] is None else r["dk"][n],
+            None if r["dv"] is None else r["dv"][n, :, vs],
+            None if r["w"] is None else r["w"][n],
+        )
+        if r["vnew"] is not None:
+            r["vnew"][n, :, :] = u
+        return Sn
+
+    r["hT"][...] = lax.fori_loop(0, n_chunks, body, S0)
+
+
+def _fwd_call(backend, kd, vd, decay_k, decay_v, h0, w):
+    G, N, C, K = kd.shape
+    V = vd.shape[-1]
+    dk = None if decay_k is None else decay_k.reshape(G, N, K, 1)
+    dv = None if decay_v is None else decay_v.reshape(G, N, 1, V)
+    has_w = w is not None
+    out_shape = [jax.ShapeDtypeStruct((G, N, K, V), F32), jax.ShapeDtypeStruct((G, K, V), F32)]
+    if has_w:
+        out_shape.append(jax.ShapeDtypeStruct((G, N, C, V), F32))
+    inputs = [x for x in (kd, vd, dk, dv, h0, w) if x is not None]
+    names = [("kd", True), ("vd", True), ("dk", dk is not None), ("dv", dv is not None),
+             ("h0", h0 is not None), ("w", has_w)]
+    out_names = [("states", True), ("hT", True), ("vnew", has_w)]
+    if backend.kind == "tpu":
+        chunk = lambda d2, d3: pl.BlockSpec((None, None, d2, d3), lambda g, n: (g, n, 0, 0))
+        whole = lambda d2, d3: pl.BlockSpec((None, d2, d3), lambda g, n: (g, 0, 0))
+        specs = {"kd": chunk(C, K), "vd": chunk(C, V), "dk": chunk(K, 1), "dv": chunk(1, V),
+                 "h0": whole(K, V), "w": chunk(C, K)}
+        in_specs = [specs[nm] for nm, p in names if p]
+        out_specs = [chunk(K, V), whole(K, V)] + ([chunk(C, V)] if has_w else [])
+        kernel = functools.partial(_fwd_kernel_tpu, n_chunks=N,
+                                   flags=names + out_names + [("scratch", True)])
+        from jax.experimental.pallas import tpu as pltpu
+
+        outs = pl.pallas_call(
+            kernel, out_shape=out_shape, grid=(G, N), in_specs=in_specs, out_specs=out_specs,
+            scratch_shapes=[pltpu.VMEM((K, V), F32)],
+            compiler_params=_backend.compiler_params(backend, ("parallel", "arbitrary")),
+            interpret=backend.interpret, name="chunk_state_fwd",
+        )(*inputs)
+    else:
+        bv = min(V, 64)
+        if V % bv:
+            bv = V
+        allc = lambda d2, d3: pl.BlockSpec((None, N, d2, d3), lambda g, j: (g, 0, 0, 0))
+        specs = {"kd": allc(C, K), "vd": allc(C, V), "dk": allc(K, 1), "dv": allc(1, V),
+                 "h0": pl.BlockSpec((None, K, V), lambda g, j: (g, 0, 0)), "w": allc(C, K)}
+        in_specs = [specs[nm] for nm, p in names if p]
+        out_specs = [pl.BlockSpec((None, N, K, bv), lambda g, j: (g, 0, 0, j)),
+                     pl.BlockSpec((None, K, bv), lambda g, j: (g, 0, j))]
+        if has_w:
+            out_specs.append(pl.BlockSpec((None, N, C, bv), lambda g, j: (g, 0, 0, j)))
+        kernel = functools.partial(_fwd_kernel_triton, n_chunks=N, block_v=bv,
+                                   flags=names + out_names)
+        outs = pl.pallas_call(
+            kernel, out_shape=out_shape, grid=(G, V // bv), in_specs=in_specs,
+            out_specs=out_specs,
+            compiler_params=_backend.compiler_params(backend, ("parallel", "parallel")),
+            interpret=backend.interpret, name="chunk_state_fwd",
+        )(*inputs)
+    states, hT = outs[0], outs[1]
+    vnew = outs[2] if has_w else None
+    return states, hT, vnew
+
+
+# ----------------------------------------------------------------------------------------------
+# Backward kernels.
+
+def _bwd_kernel_tpu(*refs, flags, n_chunks):
+    r = _unpack(refs, flags)
+    i = pl.program_id(1)            # step i handles chunk n = N - 1 - i
+    dS_ref = r["scratch"]
+
+    @pl.when(i == 0)
+    def _init():
+        dS_ref[...] = r["dhT"][...]
+
+    get = lambda nm: None if r[nm] is None else r[nm][...]
+    dSp, dkd, dU, ddk, ddv, dw = _step_bwd(
+        dS_ref[...], r["states"][...], r["kd"][...], r["vd"][...], get("dk"), get("dv"),
+        get("w"), r["dstates"][...], get("dvnew"))
+    r["dkd"][...] = dkd.astype(r["dkd"].dtype)
+    r["dvd"][...] = dU.astype(r["dvd"].dtype)
+    if ddk is not None:
+        r["ddk"][...] = ddk
+    if ddv is not None:
+        r["ddv"][...] = ddv
+    if dw is not None:
+        r["dw"][...] = dw.astype(r["dw"].dtype)
+    dS_ref[...] = dSp
+
+    @pl.when(i == n_chunks - 1)
+    def _fin():
+        r["dh0"][...] = dSp
+
+
+def _bwd_kernel_triton(*refs, flags, n_chunks):
+    r = _unpack(refs, flags)
+    get = lambda nm, n: None if r[nm] is None else r[nm][n]
+
+    def body(i, dS):
+        n = n_chunks - 1 - i
+        dSp, dkd, dU, ddk, ddv, dw = _step_bwd(
+            dS, r["states"][n], r["kd"][n], r["vd"][n], get("dk", n), get("dv", n),
+            get("w", n), r["dstates"][n], get("dvnew", n))
+        r["dkd"][n, :, :] = dkd.astype(r["dkd"].dtype)
+        r["dvd"][n, :, :] = dU.astype(r["dvd"].dtype)
+        if ddk is not None:
+            r["ddk"][n, :, :] = ddk
+        if ddv is not None:
+            r["ddv"][n, :, :] = ddv
+        if dw is not None:
+            r["dw"][n, :, :] = dw.astype(r["dw"].dtype)
+        return dSp
+
+    r["dh0"][...] = lax.fori_loop(0, n_chunks, body, r["dhT"][...])
+
+
+def _bwd_call(backend, kd, vd, decay_k, decay_v, w, states, dstates, dhT, dvnew):
+    G, N, C, K = kd.shape
+    V = vd.shape[-1]
+    dk = None if decay_k is None else decay_k.reshape(G, N, K, 1)
+    dv = None if decay_v is None else decay_v.reshape(G, N, 1, V)
+    has_w = w is not None
+    names = [("kd", True), ("vd", True), ("dk", dk is not None), ("dv", dv is not None),
+             ("w", has_w), ("states", True), ("dstates", True), ("dhT", True),
+             ("dvnew", dvnew is not None)]
+    inputs = [x for x in (kd, vd, dk, dv, w, states, dstates, dhT, dvnew) if x is not None]
+    out_names = [("dkd", True), ("dvd", True), ("ddk", dk is not None), ("ddv", dv is not None),
+                 ("dw", has_w), ("dh0", True)]
+    shapes = {"dkd": ((G, N, C, K), kd.dtype), "dvd": ((G, N, C, V), vd.dtype),
+              "ddk": ((G, N, K, 1), F32), "ddv": ((G, N, 1, V), F32),
+              "dw": ((G, N, C, K), None if w is None else w.dtype), "dh0": ((G, K, V), F32)}
+    out_shape = [jax.ShapeDtypeStruct(*shapes[nm]) for nm, p in out_names if p]
+    blocks = {"kd": (C, K), "vd": (C, V), "dk": (K, 1), "dv": (1, V), "w": (C, K),
+              "states": (K, V), "dstates": (K, V), "dvnew": (C, V),
+              "dkd": (C, K), "dvd": (C, V), "ddk": (K, 1), "ddv": (1, V), "dw": (C, K)}
+    if backend.kind == "tpu":
+        def spec(nm):
+            if nm in ("dhT", "dh0"):
+                return pl.BlockSpec((None, K, V), lambda g, i: (g, 0, 0))
+            return pl.BlockSpec((None, None) + blocks[nm], lambda g, i: (g, N - 1 - i, 0, 0))
+
+        from jax.experimental.pallas import tpu as pltpu
+
+        outs = pl.pallas_call(
+            functools.partial(_bwd_kernel_tpu, n_chunks=N,
+                              flags=names + out_names + [("scratch", True)]),
+            out_shape=out_shape, grid=(G, N),
+            in_specs=[spec(nm) for nm, p in names if p],
+            out_specs=[spec(nm) for nm, p in out_names if p],
+            scratch_shapes=[pltpu.VMEM((K, V), F32)],
+            compiler_params=_backend.compiler_params(backend, ("parallel", "arbitrary")),
+            interpret=backend.interpret, name="chunk_state_bwd",
+        )(*inputs)
+    else:
+        def spec(nm):
+            if nm in ("dhT", "dh0"):
+                return pl.BlockSpec((None, K, V), lambda g: (g, 0, 0))
+            return pl.BlockSpec((None, N) + blocks[nm], lambda g: (g, 0, 0, 0))
+
+        outs = pl.pallas_call(
+            functools.partial(_bwd_kernel_triton, n_chunks=N, flags=names + out_names),
+            out_shape=out_shape, grid=(G,),
+            in_specs=[spec(nm) for nm, p in names if p],
+            out_specs=[spec(nm) for nm, p in out_names if p],
+            compiler_params=_backend.compiler_params(backend, ("parallel",), num_warps=8),
+            interpret=backend.interpret, name="chunk_state_bwd",
+        )(*inputs)
+    outs = list(outs)
+    res = {}
+    for nm, p in out_names:
+        res[nm] = outs.pop(0) if p else None
+    ddk = None if res["ddk"] is None else res["ddk"].reshape(G, N, K)
+    ddv = None if res["ddv"] is None else res["ddv"].reshape(G, N, V)
+    return res["dkd"], res["dvd"], ddk, ddv, res["dh0"], res["dw"]
+
+
+# ----------------------------------------------------------------------------------------------
+# custom_vjp wiring.
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _state_pass(backend, kd, vd, decay_k, decay_v, h0, w):
+    return _fwd_call(backend, kd, vd, decay_k, decay_v, h0, w)
+
+
+def _state_pass_fwd(backend, kd, vd, decay_k, decay_v, h0, w):
+    states, hT, vnew = _fwd_call(backend, kd, vd, decay_k, decay_v, h0, w)
+    return (states, hT, vnew), (kd, vd, decay_k, decay_v, h0, w, states)
+
+
+def _state_pass_bwd(backend, res, cts):
+    kd, vd, decay_k, decay_v, h0, w, states = res
+    dstates, dhT, dvnew = cts
+    dkd, dvd, ddk, ddv, dh0, dw = _bwd_call(
+        backend, kd, vd, decay_k, decay_v, w, states, dstates.astype(F32), dhT.astype(F32),
+        None if w is None else dvnew)
+    return dkd, dvd, ddk, ddv, (None if h0 is None else dh0), dw
+
+
+_state_pass.defvjp(_state_pass_fwd, _state_pass_bwd)
+
+
+def state_pass(kd, vd, *, decay_k=None, decay_v=None, h0=None, w=None):
+    """The chunked scan; see the module docstring for the exact contract.
+
+    Args:
+      kd: [G, N, C, K]; vd: [G, N, C, V]; decay_k: [G, N, K] f32 or None; decay_v: [G, N, V] f32
+        or None; h0: [G, K, V] f32 or None; w: [G, N, C, K] or None.
+
+    Returns:
+      (states [G, N, K, V] f32, h_final [G, K, V] f32, v_new [G, N, C, V] f32 or None).
+    """
+    if kd.ndim != 4 or vd.ndim != 4 or kd.shape[:3] != vd.shape[:3]:
+        raise ValueError(f"kd [G, N, C, K] and vd [G, N, C, V] must agree, got {kd.shape} and {vd.shape}")
+    G, N, C, K = kd.shape
+    V = vd.shape[-1]
+    for name, x, want in (("decay_k", decay_k, (G, N, K)), ("decay_v", decay_v, (G, N, V)),
+                          ("h0", h0, (G, K, V)), ("w", w, (G, N, C, K))):
+        if x is not None and x.shape != want:
+            raise ValueError(f"{name} must have shape {want}, got {x.shape}")
+    f32 = lambda x: None if x is None else x.astype(F32)
+    return _state_pass(_backend.current(), kd, vd, f32(decay_k), f32(decay_v), f32(h0), w)
