@@ -22,9 +22,9 @@ then the block rows are merged by block forward substitution in Horner form,
 Y <- D^{-1} - (D^{-1} E) Y (nb - 1 matrix products, nb = C / 16), which is exact because
 D^{-1} E is strictly block-lower. Everything after loading is float32.
 
-Backends: "tpu" (Mosaic; `pltpu.CompilerParams`) and "triton" (GPU). Both run the same kernel
-bodies with grid (B, H, N), one chunk per program; on CPU both run in interpret mode (TPU
-interpret with race detection, or the generic `interpret=True` for Triton).
+Backends (`_backend.Backend`, default `_backend.current()`): "tpu" (Mosaic, `pltpu.CompilerParams`)
+and "triton" (GPU). Both run the same kernel bodies with grid (B, H, N), one chunk per program; on
+CPU both run in interpret mode.
 """
 
 from __future__ import annotations
@@ -35,43 +35,23 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import tpu as pltpu
-from jax.experimental.pallas import triton as pltriton
 
-BACKENDS = ("tpu", "triton")
+from pallas_kernels.pallas import _backend
+
 _SOLVE_BLOCK = 16
 _HI = lax.Precision.HIGHEST
 
 
-def default_backend() -> tuple[str, bool]:
-    """(backend, interpret) for the current platform: TPU -> Mosaic, GPU -> Triton, CPU -> TPU
-    interpret mode."""
-    platform = jax.default_backend()
-    if platform == "gpu":
-        return "triton", False
-    if platform == "tpu":
-        return "tpu", False
-    return "tpu", True
+def resolve(backend: _backend.Backend | None) -> _backend.Backend:
+    """`backend`, or the flavour `_backend.current()` picks when it is None."""
+    return _backend.current() if backend is None else backend
 
 
-def interpret_arg(backend: str, interpret: bool):
-    """The `interpret=` argument of `pl.pallas_call` for `backend`."""
-    if not interpret:
-        return False
-    if backend == "tpu":
-        return pltpu.InterpretParams(detect_races=True)
-    return True
-
-
-def compiler_params(backend: str, n_parallel: int, n_arbitrary: int = 0, num_warps: int = 4):
+def params(backend: _backend.Backend, n_parallel: int, n_arbitrary: int = 0):
     """Compiler params for a grid of `n_parallel` parallel axes then `n_arbitrary` sequential ones."""
-    if backend == "tpu":
-        return pltpu.CompilerParams(
-            dimension_semantics=("parallel",) * n_parallel + ("arbitrary",) * n_arbitrary
-        )
-    if backend == "triton":
-        return pltriton.CompilerParams(num_warps=num_warps, num_stages=1)
-    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return _backend.compiler_params(
+        backend, ("parallel",) * n_parallel + ("arbitrary",) * n_arbitrary, num_stages=1
+    )
 
 
 # ----------------------------------------------------------------------------- in-kernel helpers
@@ -93,7 +73,7 @@ def _row_to_col(x, eye):
     return jnp.sum(jnp.where(eye, x, 0.0), axis=1, keepdims=True)
 
 
-def _dot(a, b, trans_a=False, trans_b=False):
+def dot(a, b, trans_a=False, trans_b=False):
     """float32 a @ b (optionally a^T, b^T) at full precision (no tf32)."""
     dims = (((0 if trans_a else 1,), (1 if trans_b else 0,)), ((), ()))
     return lax.dot_general(a, b, dims, precision=_HI, preferred_element_type=jnp.float32)
@@ -140,10 +120,10 @@ def unit_lower_inverse(lmat, rows, cols):
     if nb == 1:
         return x
     # Block forward substitution: Y = sum_m (-N)^m D^{-1}, N = D^{-1} E, in Horner form.
-    n_mat = _dot(x, jnp.where(in_block, 0.0, lmat))
+    n_mat = dot(x, jnp.where(in_block, 0.0, lmat))
     y = x
     for _ in range(nb - 1):
-        y = x - _dot(n_mat, y)
+        y = x - dot(n_mat, y)
     return y
 
 
@@ -157,11 +137,11 @@ def _wy_fwd_kernel(k_ref, v_ref, beta_ref, gc_ref, r_ref, w_ref, u_ref, a_ref):
     gc = gc_ref[...].astype(jnp.float32)
     r = r_ref[...].astype(jnp.float32)
     rows, cols, _, lower_same, _, gam, gamma = chunk_masks(gc, r)
-    kk = _dot(k, k, trans_b=True)
+    kk = dot(k, k, trans_b=True)
     lmat = jnp.where(lower_same, beta * kk * gam, 0.0)
     a = unit_lower_inverse(lmat, rows, cols)
-    w_ref[...] = _dot(a, beta * gamma * k).astype(w_ref.dtype)
-    u_ref[...] = _dot(a, beta * v).astype(u_ref.dtype)
+    w_ref[...] = dot(a, beta * gamma * k).astype(w_ref.dtype)
+    u_ref[...] = dot(a, beta * v).astype(u_ref.dtype)
     a_ref[...] = a.astype(a_ref.dtype)
 
 
@@ -178,16 +158,16 @@ def _wy_bwd_kernel(k_ref, v_ref, beta_ref, gc_ref, r_ref, a_ref, dw_ref, du_ref,
     _, _, eye, lower_same, _, gam, gamma = chunk_masks(gc, r)
     bg = beta * gamma
     # W = A Kb, U = A Vb with Kb = diag(beta gamma) K, Vb = diag(beta) V.
-    da = _dot(dw, bg * k, trans_b=True) + _dot(du, beta * v, trans_b=True)
-    dkb = _dot(a, dw, trans_a=True)
-    dvb = _dot(a, du, trans_a=True)
+    da = dot(dw, bg * k, trans_b=True) + dot(du, beta * v, trans_b=True)
+    dkb = dot(a, dw, trans_a=True)
+    dvb = dot(a, du, trans_a=True)
     # A = M^{-1}, M = I + L: dM = -A^T dA A^T; only the strictly lower (same segment) part of L is live.
-    dm = -_dot(_dot(a, da, trans_a=True), a, trans_b=True)
+    dm = -dot(dot(a, da, trans_a=True), a, trans_b=True)
     dl = jnp.where(lower_same, dm, 0.0)
-    kk = _dot(k, k, trans_b=True)
+    kk = dot(k, k, trans_b=True)
     dl_gam = dl * gam
     dkk = beta * dl_gam                          # d(K K^T), strictly lower
-    dk = _dot(dkk, k) + _dot(dkk, k, trans_a=True) + bg * dkb
+    dk = dot(dkk, k) + dot(dkk, k, trans_a=True) + bg * dkb
     dkb_k = jnp.sum(dkb * k, axis=1, keepdims=True)
     dbeta = (jnp.sum(dl_gam * kk, axis=1, keepdims=True) + gamma * dkb_k
              + jnp.sum(dvb * v, axis=1, keepdims=True))
@@ -228,8 +208,8 @@ def _check(k, v, beta, gc, r, chunk_size):
         raise ValueError(f"T = {T} must be a multiple of chunk_size = {chunk_size}")
 
 
-@functools.partial(jax.jit, static_argnames=("chunk_size", "backend", "interpret"))
-def wy_fwd(k, v, beta, gc, r, *, chunk_size: int, backend: str = "tpu", interpret: bool = False):
+@functools.partial(jax.jit, static_argnames=("chunk_size", "backend"))
+def wy_fwd(k, v, beta, gc, r, *, chunk_size: int, backend: _backend.Backend | None = None):
     """WY factors of every chunk.
 
     Args:
@@ -240,6 +220,7 @@ def wy_fwd(k, v, beta, gc, r, *, chunk_size: int, backend: str = "tpu", interpre
       w [B, H, T, K] float32, u [B, H, T, V] float32, a [B, H, T, C] float32 (row i of a chunk's A).
     """
     _check(k, v, beta, gc, r, chunk_size)
+    backend = resolve(backend)
     B, H, T, K = k.shape
     V = v.shape[-1]
     C = chunk_size
@@ -255,20 +236,20 @@ def wy_fwd(k, v, beta, gc, r, *, chunk_size: int, backend: str = "tpu", interpre
         in_specs=_specs(C, (K, V, 1, 1, 1), (False, False, False, False, True)),
         out_specs=_specs(C, (K, V, C), (False, False, False)),
         out_shape=out_shape,
-        compiler_params=compiler_params(backend, 3),
-        interpret=interpret_arg(backend, interpret),
+        compiler_params=params(backend, 3),
+        interpret=backend.interpret,
         name="delta_wy_fwd",
     )(k, v, beta[..., None].astype(f32), gc[..., None].astype(f32), r[..., None].astype(f32))
 
 
-@functools.partial(jax.jit, static_argnames=("chunk_size", "backend", "interpret"))
-def wy_bwd(k, v, beta, gc, r, a, dw, du, *, chunk_size: int, backend: str = "tpu",
-           interpret: bool = False):
+@functools.partial(jax.jit, static_argnames=("chunk_size", "backend"))
+def wy_bwd(k, v, beta, gc, r, a, dw, du, *, chunk_size: int, backend: _backend.Backend | None = None):
     """Backward of `wy_fwd` given its `a` output and the cotangents dw [B, H, T, K], du [B, H, T, V].
 
     Returns dk [B, H, T, K], dv [B, H, T, V], dbeta [B, H, T], dgc [B, H, T], all float32.
     """
     _check(k, v, beta, gc, r, chunk_size)
+    backend = resolve(backend)
     B, H, T, K = k.shape
     V = v.shape[-1]
     C = chunk_size
@@ -285,8 +266,8 @@ def wy_bwd(k, v, beta, gc, r, a, dw, du, *, chunk_size: int, backend: str = "tpu
         in_specs=_specs(C, (K, V, 1, 1, 1, C, K, V), (False,) * 4 + (True,) + (False,) * 3),
         out_specs=_specs(C, (K, V, 1, 1), (False,) * 4),
         out_shape=out_shape,
-        compiler_params=compiler_params(backend, 3),
-        interpret=interpret_arg(backend, interpret),
+        compiler_params=params(backend, 3),
+        interpret=backend.interpret,
         name="delta_wy_bwd",
     )(k, v, beta[..., None].astype(f32), gc[..., None].astype(f32), r[..., None].astype(f32),
       a, dw.astype(f32), du.astype(f32))

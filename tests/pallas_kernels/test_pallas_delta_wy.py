@@ -8,7 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pallas_kernels.pallas import wy
+from jax.experimental.pallas import tpu as pltpu
+
+from pallas_kernels.pallas import _backend, wy
+
+FLAVOURS = {
+    "tpu": _backend.Backend("tpu", pltpu.InterpretParams(detect_races=True)),
+    "triton": _backend.Backend("triton", True),
+}
 
 
 def _rel(a, b):
@@ -54,7 +61,7 @@ CASES = [
 def test_wy_forward_and_backward_match_reference(backend, opts):
     C = opts["C"]
     k, v, beta, gc, r = _problem(0, **opts)
-    w, u, a = wy.wy_fwd(k, v, beta, gc, r, chunk_size=C, backend=backend, interpret=True)
+    w, u, a = wy.wy_fwd(k, v, beta, gc, r, chunk_size=C, backend=FLAVOURS[backend])
     ref = wy.wy_reference(k, v, beta, gc, r, chunk_size=C)
     for name, got, want in zip("wua", (w, u, a), ref):
         assert _rel(got, want) < 1e-5, name
@@ -64,7 +71,7 @@ def test_wy_forward_and_backward_match_reference(backend, opts):
     du = jnp.asarray(rng.standard_normal(u.shape), jnp.float32)
     _, vjp = jax.vjp(lambda *x: wy.wy_reference(*x, r, chunk_size=C)[:2], k, v, beta, gc)
     want = vjp((dw, du))
-    got = wy.wy_bwd(k, v, beta, gc, r, a, dw, du, chunk_size=C, backend=backend, interpret=True)
+    got = wy.wy_bwd(k, v, beta, gc, r, a, dw, du, chunk_size=C, backend=FLAVOURS[backend])
     for name, x, y in zip(("dk", "dv", "dbeta", "dgc"), got, want):
         assert np.all(np.isfinite(np.asarray(x))), name
         assert _rel(x, y) < 1e-4, name
@@ -75,7 +82,7 @@ def test_unit_lower_inverse_is_a_stable_inverse():
     k, v, beta, gc, r = _problem(3, T=128, C=128, K=16, V=16, keys="raw", beta="one",
                                  segments=False)
     k = k * 2.0
-    w, u, a = wy.wy_fwd(k, v, beta, gc, r, chunk_size=128, backend="triton", interpret=True)
+    w, u, a = wy.wy_fwd(k, v, beta, gc, r, chunk_size=128, backend=FLAVOURS["triton"])
     ref = wy.wy_reference(k, v, beta, gc, r, chunk_size=128)
     assert np.all(np.isfinite(np.asarray(a)))
     assert _rel(a, ref[2]) < 1e-4
@@ -84,6 +91,6 @@ def test_unit_lower_inverse_is_a_stable_inverse():
 def test_bad_shapes_are_value_errors():
     k, v, beta, gc, r = _problem(0, T=64, C=64)
     with pytest.raises(ValueError, match="beta"):
-        wy.wy_fwd(k, v, beta[:, :1], gc, r, chunk_size=64, interpret=True)
+        wy.wy_fwd(k, v, beta[:, :1], gc, r, chunk_size=64, backend=FLAVOURS["triton"])
     with pytest.raises(ValueError, match="multiple of chunk_size"):
-        wy.wy_fwd(k, v, beta, gc, r, chunk_size=128, interpret=True)
+        wy.wy_fwd(k, v, beta, gc, r, chunk_size=128, backend=FLAVOURS["triton"])
