@@ -6,14 +6,28 @@ Every mixer is an `nnx.Module` built as `cls(cfg: ModelConfig, *, rngs)` with
   state_size(seq_len=None) -> floats of decode state per sequence
 """
 
+from research.layers.attention import Attention
+from research.layers.deltanet import DeltaNet
+from research.layers.gated_deltanet import GatedDeltaNet
 from research.layers.gla import GLA
+from research.layers.gsa import GSA
+from research.layers.hgrn2 import HGRN2
 from research.layers.linear_attention import LinearAttention
+from research.layers.mamba2 import Mamba2
 from research.layers.retnet import RetNet
+from research.layers.sliding_window_attention import SlidingWindowAttention
 
 MIXER_CLASSES = {
     "linear_attention": LinearAttention,
     "retnet": RetNet,
     "gla": GLA,
+    "hgrn2": HGRN2,
+    "gsa": GSA,
+    "deltanet": DeltaNet,
+    "gated_deltanet": GatedDeltaNet,
+    "mamba2": Mamba2,
+    "attention": Attention,
+    "sliding_window_attention": SlidingWindowAttention,
 }
 
-__all__ = ["GLA", "MIXER_CLASSES", "LinearAttention", "RetNet"]
+__all__ = ["MIXER_CLASSES", *sorted(c.__name__ for c in MIXER_CLASSES.values())]

@@ -139,12 +139,6 @@ def logsigmoid_bias_for_half_life(half_life: float, normalizer: float = 1.0) -> 
     return float(math.log(p) - math.log1p(-p))
 
 
-def inv_softplus(y):
-    """x with softplus(x) = y (y > 0), numpy."""
-    y = np.asarray(y, np.float64)
-    return y + np.log(-np.expm1(-y))
-
-
 def retnet_log_decay(n_heads: int, half_life: float | None = None) -> np.ndarray:
     """Fixed per-head log-decay [H]: RetNet's log(1 - 2^(-5-h)), or log(1/2)/half_life for every head."""
     if half_life is not None:

@@ -1,0 +1,126 @@
+"""Softmax attention (causal, RoPE) and its sliding-window variant, through
+`jax.nn.dot_product_attention` (cuDNN on GPU when it supports the call, XLA otherwise).
+
+    q, k, v = conv(x W_q), conv(x W_k), conv(x W_v)      [B, T, H, K]   (conv only if conv_size > 0)
+    q, k = rope(q), rope(k)
+    o_i = sum_{j <= i, i - j < window, same segment} softmax_j(q_i . k_j / sqrt(K)) v_j
+    y = W_o o
+
+Decode cache: keys and values [B, max_length, H, K] written at the running position.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from research.config import ModelConfig
+from research.layers import common
+
+
+def rope(x, positions, theta: float):
+    """Rotary embedding (GPT-NeoX halves) of x [B, T, H, D] at int positions [T]; an odd last
+    channel is left as is."""
+    D = x.shape[-1]
+    half = D // 2
+    if half == 0:
+        return x
+    freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    ang = positions.astype(jnp.float32)[:, None] * freqs  # [T, half]
+    cos, sin = jnp.cos(ang)[:, None, :], jnp.sin(ang)[:, None, :]
+    x32 = x.astype(jnp.float32)
+    x1, x2 = x32[..., :half], x32[..., half:2 * half]
+    out = jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos, x32[..., 2 * half:]], axis=-1)
+    return out.astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    """Causal softmax attention mixer. __call__(x [B, T, D]) -> (y [B, T, D], cache or None)."""
+
+    name = "attention"
+    window: int | None = None
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        d, H = cfg.d_model, cfg.n_heads
+        self.n_heads = H
+        self.head_k, self.head_v = cfg.head_dims(self.name)
+        self.use_output_gate = cfg.knob(self.name, "use_output_gate")
+        HK, HV = H * self.head_k, H * self.head_v
+        self.q_proj = common.linear(cfg, d, HK, rngs=rngs)
+        self.k_proj = common.linear(cfg, d, HK, rngs=rngs)
+        self.v_proj = common.linear(cfg, d, HV, rngs=rngs)
+        self.conv = common.ShortConv(2 * HK + HV, cfg.conv_size, rngs=rngs) if cfg.conv_size else None
+        if self.use_output_gate:
+            self.g_proj = common.linear(cfg, d, HV, rngs=rngs)
+        self.o_proj = common.linear(cfg, HV, d, rngs=rngs)
+
+    def state_size(self, seq_len: int | None = None) -> int:
+        """H * (K + V) * L floats: the keys and values of L = seq_len positions (window if smaller)."""
+        if seq_len is None and self.window is None:
+            raise ValueError("seq_len is required for attention: its state grows with length")
+        length = self.window if seq_len is None else min(seq_len, self.window or seq_len)
+        return self.n_heads * (self.head_k + self.head_v) * length
+
+    def init_cache(self, batch_size: int, max_length: int):
+        """{"k": [B, S, H, K], "v": [B, S, H, V], "conv": [B, W-1, 2HK+HV] (if conv)}, S = max_length."""
+        H, dt = self.n_heads, common.compute_dtype(self.cfg)
+        cache = {"k": jnp.zeros((batch_size, max_length, H, self.head_k), dt),
+                 "v": jnp.zeros((batch_size, max_length, H, self.head_v), dt)}
+        if self.conv is not None:
+            cache["conv"] = self.conv.init_cache(batch_size, H * (2 * self.head_k + self.head_v))
+        return cache
+
+    def __call__(self, x, *, segment_ids=None, cache=None, pos=None):
+        """x: [B, T, D]; segment_ids: [B, T] or None; cache: from init_cache (with pos, the number
+        of tokens already in it) or None."""
+        H = self.n_heads
+        B, T, _ = x.shape
+        (q, k, v), conv_cache = common.conv_parts(
+            self.conv, [self.q_proj(x), self.k_proj(x), self.v_proj(x)],
+            segment_ids=segment_ids, cache=cache)
+        q, k, v = (common.split_heads(t, H) for t in (q, k, v))
+        start = 0 if cache is None else pos
+        qpos = start + jnp.arange(T)
+        q, k = rope(q, qpos, self.cfg.rope_theta), rope(k, qpos, self.cfg.rope_theta)
+        scale = self.head_k ** -0.5
+        new_cache = None
+        if cache is None:
+            if segment_ids is None:
+                window = None if self.window is None else (self.window - 1, 0)
+                o = jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True,
+                                                 local_window_size=window)
+            else:
+                mask = self._mask(qpos, qpos) & (segment_ids[:, :, None] == segment_ids[:, None, :])
+                o = jax.nn.dot_product_attention(q, k, v, scale=scale, mask=mask[:, None])
+        else:
+            kc = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, pos, 0, 0))
+            vc = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, pos, 0, 0))
+            mask = self._mask(qpos, jnp.arange(kc.shape[1]))
+            o = jax.nn.dot_product_attention(q, kc.astype(q.dtype), vc.astype(q.dtype), scale=scale,
+                                             mask=mask[None, None])
+            new_cache = {"k": kc, "v": vc}
+            if conv_cache is not None:
+                new_cache["conv"] = conv_cache
+        o = common.merge_heads(o)
+        if self.use_output_gate:
+            o = o * jax.nn.silu(self.g_proj(x))
+        return self.o_proj(o), new_cache
+
+    def _mask(self, qpos, kpos):
+        """[Tq, Tk] bool: key j visible from query i (causal, within the window)."""
+        keep = kpos[None, :] <= qpos[:, None]
+        if self.window is not None:
+            keep = keep & (kpos[None, :] > qpos[:, None] - self.window)
+        return keep
+
+
+class SlidingWindowAttention(Attention):
+    """Attention over the last `window_size` positions (the current one included)."""
+
+    name = "sliding_window_attention"
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        super().__init__(cfg, rngs=rngs)
+        self.window = cfg.window_size
