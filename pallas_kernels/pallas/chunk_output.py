@@ -246,7 +246,9 @@ def _operands(mode, q, k, v, h, b, segments, heads):
 def _spec(block, kind, heads):
     if kind == "g":
         return pl.BlockSpec((None, None) + block, lambda g, n: (g, n, 0, 0))
-    return pl.BlockSpec((None, None) + block, lambda g, n: (g // heads, n, 0, 0))
+    # lax.div (truncating) rather than //: floor division lowers through `sign`, which Mosaic
+    # only lowers knowing the TPU generation.
+    return pl.BlockSpec((None, None) + block, lambda g, n: (lax.div(g, heads), n, 0, 0))
 
 
 def _call(kernel, backend, items, outs, grid, name, **kw):

@@ -1,0 +1,66 @@
+"""Ahead-of-time TPU lowering of the gated-linear Pallas kernels, forward and backward, at the real
+shapes (B=2, T=2048, H=4, K=V=128 and K=V=64): `jax.export(..., platforms=["tpu"])` runs the
+Pallas -> Mosaic lowering, which rejects block shapes that break TPU tiling, with no TPU here."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax import export
+
+from pallas_kernels import ops
+from pallas_kernels.pallas import _backend
+
+B, T, H, M = 2, 2048, 4, 64
+
+
+def _gates(op, K, dtype):
+    return {
+        "linear_attention": (),
+        "simple_gla": (jax.ShapeDtypeStruct((B, T, H), jnp.float32),),
+        "gla": (jax.ShapeDtypeStruct((B, T, H, K), jnp.float32),),
+        "gsa": (jax.ShapeDtypeStruct((B, T, H, M), dtype), jax.ShapeDtypeStruct((B, T, H, M), jnp.float32)),
+    }[op]
+
+
+def _export(op, K, dtype, chunk_size, grad):
+    fn = getattr(ops, op).__wrapped__
+    q = jax.ShapeDtypeStruct((B, T, H, K), dtype)
+    gates = _gates(op, K, dtype)
+    seg = jax.ShapeDtypeStruct((B, T), jnp.int32)
+    state = jax.ShapeDtypeStruct((B, H, K, K), jnp.float32)
+    if op == "gsa":
+        state = (jax.ShapeDtypeStruct((B, H, K, M), jnp.float32),
+                 jax.ShapeDtypeStruct((B, H, M, K), jnp.float32))
+
+    def forward(q, k, v, gates, h0, seg):
+        return fn(q, k, v, *gates, initial_state=h0, segment_ids=seg, output_final_state=True,
+                  chunk_size=chunk_size, impl="pallas")
+
+    def loss(q, k, v, gates, h0, seg):
+        o, s = forward(q, k, v, gates, h0, seg)
+        return jnp.sum(o.astype(jnp.float32)) + sum(jnp.sum(x) for x in jax.tree.leaves(s))
+
+    f = jax.grad(loss, argnums=(0, 1, 2, 3, 4)) if grad else forward
+    with _backend.use_backend("tpu", interpret=False):
+        exp = export.export(jax.jit(f), platforms=["tpu"])(q, q, q, gates, state, seg)
+    text = exp.mlir_module()
+    assert "tpu_custom_call" in text
+    return text
+
+
+@pytest.mark.parametrize("op", ["linear_attention", "simple_gla", "gla", "gsa"])
+@pytest.mark.parametrize("K", [128, 64])
+@pytest.mark.parametrize("grad", [False, True], ids=["fwd", "bwd"])
+def test_lowers_for_tpu(op, K, grad):
+    _export(op, K, jnp.bfloat16, 64, grad)
+
+
+@pytest.mark.parametrize("op", ["simple_gla", "gla", "gsa"])
+def test_lowers_for_tpu_float32_chunk128(op):
+    _export(op, 128, jnp.float32, 128, True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("op", ["simple_gla", "gla"])
+def test_lowers_for_tpu_head_dim_256(op):
+    _export(op, 256, jnp.bfloat16, 64, True)
