@@ -190,8 +190,13 @@ class ModelConfig:
                 self._fail("attention_layers", f"entries must be layer indices in [0, {self.n_layers})")
         if self.d_model % self.n_heads:
             self._fail("n_heads", f"must divide d_model={self.d_model}")
-        for mixer in set(self.layer_mixers()):
+        for mixer in sorted(set(self.layer_mixers())):
             self.head_dims(mixer)  # raises on widths that do not split over the heads
+            if self.feature_map == "taylor" and (
+                mixer == "hgrn2" or (mixer == "gla" and self.knob(mixer, "decay") == "vector")
+            ):
+                self._fail("feature_map", f"'taylor' widens the keys, which {mixer!r} with a "
+                                          "per-key-channel gate cannot follow")
 
     # ------------------------------------------------------------------ derived values
     def knob(self, mixer: str, field: str):

@@ -128,6 +128,14 @@ def feature_map(name: str, x):
     raise ValueError(f"feature_map must be one of identity, elu, relu, silu, swish, softmax, taylor; got {name!r}")
 
 
+def feature_map_after_conv(name: str, x, conv):
+    """feature_map(name, x), except that a SiLU/swish map is not applied a second time after the
+    short conv (which ends in a SiLU)."""
+    if conv is not None and name in ("silu", "swish"):
+        return x
+    return feature_map(name, x)
+
+
 def l2_normalize(x, eps: float = 1e-6):
     x32 = x.astype(jnp.float32)
     return (x32 * jax.lax.rsqrt(jnp.sum(x32 * x32, -1, keepdims=True) + eps)).astype(x.dtype)

@@ -60,10 +60,9 @@ class DeltaNet(nnx.Module):
             self.conv, [self.q_proj(x), self.k_proj(x), self.v_proj(x)],
             segment_ids=segment_ids, cache=cache)
         q, k, v = (common.split_heads(t, H) for t in (q, k, v))
-        if self.conv is None or self.feature != "silu":
-            q, k = common.feature_map(self.feature, q), common.feature_map(self.feature, k)
-        if self.conv is None:
-            v = jax.nn.silu(v)
+        q = common.feature_map_after_conv(self.feature, q, self.conv)
+        k = common.feature_map_after_conv(self.feature, k, self.conv)
+        v = common.feature_map_after_conv("silu", v, self.conv)
         if self.cfg.qk_norm == "l2":
             q, k = common.l2_normalize(q), common.l2_normalize(k)
         return q, k, v, conv_cache

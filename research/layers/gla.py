@@ -90,8 +90,8 @@ class GLA(nnx.Module):
         (q, k, v), conv_cache = common.conv_parts(
             self.conv, [self.q_proj(x), self.k_proj(x), self.v_proj(x)],
             segment_ids=segment_ids, cache=cache)
-        q = common.feature_map(self.feature, common.split_heads(q, H))
-        k = common.feature_map(self.feature, common.split_heads(k, H))
+        q = common.feature_map_after_conv(self.feature, common.split_heads(q, H), self.conv)
+        k = common.feature_map_after_conv(self.feature, common.split_heads(k, H), self.conv)
         v = common.split_heads(v, H)
         g = self.log_decay(x)
         state = None if cache is None else cache["state"]

@@ -1,7 +1,7 @@
 """Gated Slot Attention (Zhang et al. 2024), as FLA's GatedSlotAttention.
 
     q, k = phi(conv(x W_q)), phi(conv(x W_k))   [B, T, H, K]   phi = `feature_map` (swish)
-    v = silu(conv(x W_v))                        [B, T, H, V]
+    v = silu(conv(x W_v))                        [B, T, H, V]   (the conv's SiLU is not repeated)
     g = logsigmoid(x W_f + b) / normalizer       [B, T, H, M]   per-slot forget gate (log space)
     s = 1 - exp(g)                               slot write weights
     A_t = A_{t-1} diag(exp(g_t)) + k_t s_t^T,  B_t = diag(exp(g_t)) B_{t-1} + s_t v_t^T
@@ -70,9 +70,9 @@ class GSA(nnx.Module):
         (q, k, v), conv_cache = common.conv_parts(
             self.conv, [self.q_proj(x), self.k_proj(x), self.v_proj(x)],
             segment_ids=segment_ids, cache=cache)
-        q = common.feature_map(self.feature, common.split_heads(q, H))
-        k = common.feature_map(self.feature, common.split_heads(k, H))
-        v = jax.nn.silu(common.split_heads(v, H))
+        q = common.feature_map_after_conv(self.feature, common.split_heads(q, H), self.conv)
+        k = common.feature_map_after_conv(self.feature, common.split_heads(k, H), self.conv)
+        v = common.feature_map_after_conv("silu", common.split_heads(v, H), self.conv)
         g = self.log_decay(x)
         s = (-jnp.expm1(g)).astype(q.dtype)
         state = None if cache is None else tuple(cache["state"])

@@ -1,6 +1,7 @@
 """HGRN2 (Qin et al. 2024): gated linear RNN with outer-product state expansion, as FLA's HGRN2Attention.
 
-    q = swish(conv(x W_q))                       [B, T, H, K]  (K = d_model * expand_k / H)
+    q = swish(conv(x W_q))                       [B, T, H, K]  (K = d_model * expand_k / H; the
+                                                  conv's SiLU is the swish when conv_size > 0)
     i = conv(x W_i)                              [B, T, H, V]  (the input, used as v)
     g = logsigmoid(x W_f + b)                    [B, T, H, K]  (forget gate, log space)
     k = 1 - exp(g)                               (the input gate is tied to the forget gate)
@@ -64,7 +65,7 @@ class HGRN2(nnx.Module):
         H = self.n_heads
         (q, i), conv_cache = common.conv_parts(self.conv, [self.q_proj(x), self.i_proj(x)],
                                                segment_ids=segment_ids, cache=cache)
-        q = common.feature_map(self.feature, common.split_heads(q, H))
+        q = common.feature_map_after_conv(self.feature, common.split_heads(q, H), self.conv)
         v = common.split_heads(i, H)
         g = self.log_decay(x)
         k = (-jnp.expm1(g)).astype(q.dtype)
