@@ -1,6 +1,7 @@
-"""Ahead-of-time TPU lowering of the gated-linear Pallas kernels, forward and backward, at the real
+"""Ahead-of-time lowering of the gated-linear Pallas kernels, forward and backward, at the real
 shapes (B=2, T=2048, H=4, K=V=128 and K=V=64): `jax.export(..., platforms=["tpu"])` runs the
-Pallas -> Mosaic lowering, which rejects block shapes that break TPU tiling, with no TPU here."""
+Pallas -> Mosaic lowering, which rejects block shapes that break TPU tiling, with no TPU here; the
+Triton flavour is lowered for an abstract H100 (`platforms=["cuda"]`)."""
 
 import jax
 import jax.numpy as jnp
@@ -64,3 +65,39 @@ def test_lowers_for_tpu_float32_chunk128(op):
 @pytest.mark.parametrize("op", ["simple_gla", "gla"])
 def test_lowers_for_tpu_head_dim_256(op):
     _export(op, 256, jnp.bfloat16, 64, True)
+
+
+def _export_triton(op, K, grad):
+    """Lowers through the Triton path for an abstract H100: the Pallas -> Triton-MLIR lowering
+    runs here (PTX compilation happens later, inside XLA on the GPU)."""
+    from jax.sharding import AbstractDevice, AbstractMesh, AxisType
+
+    fn = getattr(ops, op).__wrapped__
+    dtype = jnp.bfloat16
+    q = jax.ShapeDtypeStruct((B, T, H, K), dtype)
+    gates = _gates(op, K, dtype)
+    seg = jax.ShapeDtypeStruct((B, T), jnp.int32)
+
+    def forward(q, k, v, gates, seg):
+        return fn(q, k, v, *gates, segment_ids=seg, output_final_state=True, impl="pallas")
+
+    def loss(q, k, v, gates, seg):
+        o, s = forward(q, k, v, gates, seg)
+        return jnp.sum(o.astype(jnp.float32)) + sum(jnp.sum(x) for x in jax.tree.leaves(s))
+
+    f = jax.grad(loss, argnums=(0, 1, 2, 3)) if grad else forward
+    dev = AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platform="gpu")
+    mesh = AbstractMesh((1,), ("x",), (AxisType.Explicit,), abstract_device=dev)
+    target = "__gpu$xla.gpu.triton"
+    with _backend.use_backend("triton", interpret=False), jax.sharding.use_abstract_mesh(mesh):
+        exp = export.export(jax.jit(f), platforms=["cuda"],
+                            disabled_checks=[export.DisabledSafetyCheck.custom_call(target)])(
+            q, q, q, gates, seg)
+    assert target in exp.mlir_module()
+
+
+@pytest.mark.filterwarnings("ignore:The Pallas Triton backend is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("op", ["linear_attention", "simple_gla", "gla", "gsa"])
+@pytest.mark.parametrize("grad", [False, True], ids=["fwd", "bwd"])
+def test_lowers_for_gpu_triton(op, grad):
+    _export_triton(op, 128, grad)
