@@ -3,7 +3,8 @@
 The stages (DESIGN.md §3), shared by every family:
   1. `_segment_masks` + chunk-local cumsum of log gates -> masked log-decays (`_LogDecays`);
   2. intra-chunk scores: `_intra_scalar`, `_intra_key` (per-key-channel gates) and `_intra_value`
-     (per-value-channel gates), the latter two with secondary sub-chunks so that no exp(+x) occurs;
+     (per-value-channel gates), the latter two built over a hierarchy of sub-blocks so that no
+     exp(+x) occurs;
      for the delta rule, the WY factors (`_wy`);
   3. `state_pass`: S_n = decay_n S_{n-1} + kd_n^T (vd_n - w_n S_{n-1}), sequential over chunks;
   4. output: o = (q * decay_in) S_{n-1} + intra.
@@ -25,7 +26,6 @@ import jax.numpy as jnp
 f32 = jnp.float32
 PREC = jax.lax.Precision.HIGHEST
 NEG_INF = -jnp.inf
-SUB_CHUNK = 16  # secondary chunk for per-channel gates
 
 
 def _einsum(spec, *xs):
@@ -112,49 +112,64 @@ def _pair_log_decay(gc, masks: _Masks | None, C: int):
     return jnp.where(keep, gc[..., :, None] - gc[..., None, :], NEG_INF)
 
 
-def _intra_key(q, k, gc, masks: _Masks | None, c: int):
+def _diag_blocks(x, nb: int):
+    """[.., C, C] -> its nb diagonal blocks [.., nb, C/nb, C/nb]."""
+    *lead, C, _ = x.shape
+    s = C // nb
+    x = x.reshape(*lead, nb, s, nb, s)
+    return jnp.moveaxis(jnp.diagonal(x, axis1=-4, axis2=-2), -1, -3)
+
+
+def _halves(x, nb: int, s: int):
+    """[.., C, D] -> (first, second) halves of each block of 2s rows, each [.., nb, s, D]."""
+    x = x.reshape(*x.shape[:-2], nb, 2, s, x.shape[-1])
+    return x[..., 0, :, :], x[..., 1, :, :]
+
+
+def _intra_key(q, k, gc, masks: _Masks | None):
     """Per-key-channel gates: A_ij = sum_d q_id k_jd exp(gc_id - gc_jd) for j <= i in one segment.
 
-    q, k, gc: [B, H, N, C, D] -> A [B, H, N, C, C]. Diagonal sub-blocks (c x c) are exact; the
-    off-diagonal ones factor through the log-decay r_b at the end of key sub-block b, so both
-    factors exp(gc_i - r_b) and exp(r_b - gc_j) are <= 1.
+    q, k, gc: [B, H, N, C, D] -> A [B, H, N, C, C]. Built bottom-up over blocks of 1, 2, 4, ..., C
+    rows: at each level the pairs (i in a block's second half, j in its first half) factor through
+    r, the log-decay at the end of the first half, so exp(gc_i - r) <= 1 and exp(r - gc_j) <= 1:
+    exact for any decay strength, and matmul-shaped (no [C, C, D] tensor).
     """
     *lead, C, D = q.shape
-    S = C // c
-    qs, ks, gs = (x.reshape(*lead, S, c, D) for x in (q, k, gc))
-    tri = _causal(c)[..., None]
-    d = jnp.where(tri, gs[..., :, None, :] - gs[..., None, :, :], NEG_INF)  # [.., S, i, j, D]
-    a_diag = _einsum("...sid,...sjd,...sijd->...sij", qs, ks, jnp.exp(d))
-    r = gs[..., -1, :]  # [.., S, D]
-    k_ref = ks * jnp.exp(r[..., None, :] - gs)  # [.., b, j, D]
-    below = jnp.tril(jnp.ones((S, S), bool), -1)[:, :, None, None]
-    lq = jnp.where(below, gs[..., :, None, :, :] - r[..., None, :, None, :], NEG_INF)
-    q_ref = qs[..., :, None, :, :] * jnp.exp(lq)  # [.., a, b, i, D]
-    a = _einsum("...abid,...bjd->...aibj", q_ref, k_ref)
-    a = a + a_diag[..., :, :, None, :] * jnp.eye(S, dtype=f32)[:, None, :, None]
-    a = a.reshape(*lead, C, C)
+    blocks = jnp.sum(q * k, axis=-1)[..., :, None, None]  # [.., C, 1, 1]: the diagonal
+    s = 1
+    while s < C:
+        nb = C // (2 * s)
+        (q0, q1), (k0, k1), (g0, g1) = (_halves(x, nb, s) for x in (q, k, gc))
+        r = g0[..., -1:, :]
+        low = _einsum("...id,...jd->...ij", q1 * jnp.exp(g1 - r), k0 * jnp.exp(r - g0))
+        prev = blocks.reshape(*lead, nb, 2, s, s)
+        zero = jnp.zeros_like(low)
+        top = jnp.concatenate([prev[..., 0, :, :], zero], axis=-1)
+        bottom = jnp.concatenate([low, prev[..., 1, :, :]], axis=-1)
+        blocks = jnp.concatenate([top, bottom], axis=-2)  # [.., nb, 2s, 2s]
+        s *= 2
+    a = blocks.reshape(*lead, C, C)
     return a if masks is None else jnp.where(masks.same, a, 0.0)
 
 
-def _intra_value(scores, v, gc, c: int):
-    """Per-value-channel gates: o_im = sum_j scores_ij v_jm exp(gc_im - gc_jm).
+def _intra_value(scores, v, gc):
+    """Per-value-channel gates: o_im = sum_{j <= i} scores_ij v_jm exp(gc_im - gc_jm).
 
-    scores: [B, H, N, C, C] (already causal and segment-masked); v, gc: [B, H, N, C, M].
+    scores: [B, H, N, C, C] (causal and segment-masked); v, gc: [B, H, N, C, M]. Same block
+    hierarchy as `_intra_key`, with the reference r on the value side.
     """
     *lead, C, M = v.shape
-    S = C // c
-    vs, gs = (x.reshape(*lead, S, c, M) for x in (v, gc))
-    a = scores.reshape(*lead, S, c, S, c)
-    a_diag = jnp.moveaxis(jnp.diagonal(a, axis1=-4, axis2=-2), -1, -3)  # [.., S, i, j]
-    d = jnp.where(_causal(c)[..., None], gs[..., :, None, :] - gs[..., None, :, :], NEG_INF)
-    o = _einsum("...sij,...sijm,...sjm->...sim", a_diag, jnp.exp(d), vs)
-    r = gs[..., -1, :]  # [.., b, M]
-    v_ref = vs * jnp.exp(r[..., None, :] - gs)
-    part = _einsum("...aibj,...bjm->...aibm", a, v_ref)
-    below = jnp.tril(jnp.ones((S, S), bool), -1)[:, None, :, None]
-    lq = jnp.where(below, gs[..., :, :, None, :] - r[..., None, None, :, :], NEG_INF)
-    o = o + jnp.sum(part * jnp.exp(lq), axis=-2)
-    return o.reshape(*lead, C, M)
+    o = jnp.diagonal(scores, axis1=-2, axis2=-1)[..., None] * v
+    s = 1
+    while s < C:
+        nb = C // (2 * s)
+        (v0, _), (g0, g1) = _halves(v, nb, s), _halves(gc, nb, s)
+        r = g0[..., -1:, :]
+        low = _diag_blocks(scores, nb)[..., s:, :s]  # [.., nb, s, s]
+        part = _einsum("...ij,...jm->...im", low, v0 * jnp.exp(r - g0)) * jnp.exp(g1 - r)
+        o = o + jnp.stack([jnp.zeros_like(part), part], axis=-3).reshape(*lead, C, M)
+        s *= 2
+    return o
 
 
 def state_pass(S0, decay, kd, vd, w=None):
@@ -164,16 +179,21 @@ def state_pass(S0, decay, kd, vd, w=None):
     vd: [B, H, N, C, V]. Returns (states [B, H, N, K, V] = S_{n-1} per chunk, S_N, v_new
     [B, H, N, C, V] = vd - w S_{n-1}, or vd when w is None).
     """
-    xs = [jnp.moveaxis(x, 2, 0) for x in (decay, kd, vd)]
-    if w is not None:
-        xs.append(jnp.moveaxis(w, 2, 0))
+    if w is None:  # no feedback from the state: all chunk updates in one batched matmul
+        upd = jnp.moveaxis(_einsum("bhnck,bhncv->bhnkv", kd, vd), 2, 0)
+
+        def step(S, x):
+            return x[0] * S + x[1], S
+
+        S_N, states = jax.lax.scan(step, S0, (jnp.moveaxis(decay, 2, 0), upd))
+        return jnp.moveaxis(states, 0, 2), S_N, vd
 
     def step(S, x):
-        dec, kn, vn = x[:3]
-        if w is not None:
-            vn = vn - _einsum("bhck,bhkv->bhcv", x[3], S)
+        dec, kn, vn, wn = x
+        vn = vn - _einsum("bhck,bhkv->bhcv", wn, S)
         return dec * S + _einsum("bhck,bhcv->bhkv", kn, vn), (S, vn)
 
+    xs = [jnp.moveaxis(x, 2, 0) for x in (decay, kd, vd, w)]
     S_N, (states, v_new) = jax.lax.scan(step, S0, xs)
     return jnp.moveaxis(states, 0, 2), S_N, jnp.moveaxis(v_new, 0, 2)
 
@@ -188,7 +208,6 @@ def _gated(q, k, v, g, kind, *, scale, initial_state, segment_ids, chunk_size):
     B, T, H, K = q.shape
     V = v.shape[-1]
     C = chunk_size
-    c = min(SUB_CHUNK, C)
     masks = _segment_masks(segment_ids, C)
     qc, kc, vc = chunk(q, C) * scale, chunk(k, C), chunk(v, C)
     S0 = _init_state(initial_state, B, H, K, V)
@@ -202,7 +221,7 @@ def _gated(q, k, v, g, kind, *, scale, initial_state, segment_ids, chunk_size):
         o = _einsum("...ck,...kv->...cv", qc * jnp.exp(ld.into)[..., None], states)
     elif kind == "key":
         ld = _log_decays(chunk(g, C), masks)
-        scores = _intra_key(qc, kc, ld.gc, masks, c)
+        scores = _intra_key(qc, kc, ld.gc, masks)
         states, S_N, _ = state_pass(
             S0, jnp.exp(ld.total)[..., :, None], kc * jnp.exp(ld.to_end), vc
         )
@@ -215,7 +234,7 @@ def _gated(q, k, v, g, kind, *, scale, initial_state, segment_ids, chunk_size):
             S0, jnp.exp(ld.total)[..., None, :], kc, vc * jnp.exp(ld.to_end)
         )
         o = _einsum("...ck,...kv->...cv", qc, states) * jnp.exp(ld.into)
-        return unchunk(o + _intra_value(raw, vc, ld.gc, c)), S_N
+        return unchunk(o + _intra_value(raw, vc, ld.gc)), S_N
     else:
         raise ValueError(f"unknown gate kind {kind!r}")
     o = o + _einsum("...ij,...jv->...iv", scores, vc)

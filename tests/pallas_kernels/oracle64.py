@@ -1,0 +1,171 @@
+"""An independent float64 implementation of DESIGN.md §2's recurrences, for the tests.
+
+`run(op, inputs, h0, segment_ids, scale)` returns (o, final_state) in float64; it must be called
+inside `jax.enable_x64(True)`. `make_inputs` builds fresh random problems; `compare` measures
+relative RMS errors of outputs, final states and every gradient against it.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import pallas_kernels
+
+GATES = {
+    "linear_attention": (),
+    "simple_gla": ("g",),
+    "gla": ("g",),
+    "delta_rule": ("beta",),
+    "gated_delta_rule": ("g", "beta"),
+    "gsa": ("s", "g"),
+}
+
+
+def rel_rms(a, b) -> float:
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def _step(op, S, x, scale):
+    """One token of the recurrence; S is a state (tuple for gsa), x a tuple of per-token inputs."""
+    q, k, v = x[:3]
+    if op == "gsa":
+        s, g = x[3:]
+        A, Bm = S
+        A = A * jnp.exp(g)[:, :, None, :] + jnp.einsum("bhk,bhm->bhkm", k, s)
+        Bm = Bm * jnp.exp(g)[:, :, :, None] + jnp.einsum("bhm,bhv->bhmv", s, v)
+        p = jax.nn.softmax(jnp.einsum("bhkm,bhk->bhm", A, scale * q), axis=-1)
+        return (A, Bm), jnp.einsum("bhmv,bhm->bhv", Bm, p)
+    if op in ("delta_rule", "gated_delta_rule"):
+        beta = x[-1]
+        if op == "gated_delta_rule":
+            S = jnp.exp(x[3])[:, :, None, None] * S
+        kk = jnp.einsum("bhk,bhj->bhkj", k, k)
+        eye = jnp.eye(k.shape[-1], dtype=k.dtype)
+        S = jnp.einsum("bhkj,bhjv->bhkv", eye - beta[:, :, None, None] * kk, S) + beta[
+            :, :, None, None
+        ] * jnp.einsum("bhk,bhv->bhkv", k, v)
+    else:
+        if op == "simple_gla":
+            S = jnp.exp(x[3])[:, :, None, None] * S
+        elif op == "gla":
+            S = jnp.exp(x[3])[:, :, :, None] * S
+        S = S + jnp.einsum("bhk,bhv->bhkv", k, v)
+    return S, jnp.einsum("bhkv,bhk->bhv", S, scale * q)
+
+
+def run(op, inputs, h0, segment_ids, scale):
+    """inputs: (q, k, v, *gates) float64 [B, T, ...]; h0 float64 state or tuple; -> (o, state)."""
+    B, T = inputs[0].shape[:2]
+    seg = np.zeros((B, T), np.int64) if segment_ids is None else np.asarray(segment_ids)
+    reset = np.concatenate([np.zeros((B, 1), bool), seg[:, 1:] != seg[:, :-1]], axis=1)
+    xs = tuple(jnp.swapaxes(x, 0, 1) for x in inputs)
+
+    def body(S, xr):
+        x, r = xr
+        S = jax.tree.map(lambda a: jnp.where(r.reshape(-1, *([1] * (a.ndim - 1))), 0.0, a), S)
+        return _step(op, S, x, scale)
+
+    S, o = jax.lax.scan(body, h0, (xs, jnp.asarray(reset.T)))
+    return jnp.swapaxes(o, 0, 1), S
+
+
+def make_inputs(op, *, B=2, T=63, H=2, K=16, V=32, M=8, decay=1.0, seed=0, segments=True,
+                initial_state=True, key_norm="l2"):
+    """Fresh random float32 inputs; gates have log-decays of typical size `decay`."""
+    rng = np.random.default_rng(seed)
+    n = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    q, k, v = n(B, T, H, K), n(B, T, H, K), n(B, T, H, V)
+    if op in ("delta_rule", "gated_delta_rule"):
+        if key_norm == "l2":
+            k = k / np.linalg.norm(k, axis=-1, keepdims=True)
+        else:  # un-normalised keys of moderate norm
+            k = k * (0.7 / np.sqrt(K))
+    elif op == "linear_attention":
+        k = k / np.sqrt(K)
+    gates = []
+    for name in GATES[op]:
+        if name == "g":
+            shape = {"simple_gla": (B, T, H), "gated_delta_rule": (B, T, H)}.get(
+                op, (B, T, H, M if op == "gsa" else K)
+            )
+            gates.append(-decay * np.abs(n(*shape)))
+        elif name == "beta":
+            gates.append(1.0 / (1.0 + np.exp(-2 * n(B, T, H))))
+        elif name == "s":
+            gates.append(1.0 / (1.0 + np.exp(-n(B, T, H, M))))
+    if op == "gsa":
+        h0 = (0.5 * n(B, H, K, M), 0.5 * n(B, H, M, V))
+    else:
+        h0 = 0.5 * n(B, H, K, V)
+    seg = None
+    if segments:
+        seg = np.sort(rng.integers(0, max(2, T // 16), (B, T)), axis=1).astype(np.int32)
+    return (q, k, v, *gates), (h0 if initial_state else None), seg
+
+
+def compare(op, inputs, h0, seg, *, impl, dtype=jnp.float32, chunk_size=16, scale=None):
+    """Relative RMS errors of `impl` against the float64 oracle: outputs, final state, and the
+    gradients of a random linear functional of (o, final_state) in every input."""
+    fn = getattr(pallas_kernels, op)
+    rng = np.random.default_rng(1)
+    cast = [jnp.asarray(x, dtype) for x in inputs]
+    h0c = None if h0 is None else jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), h0)
+    segj = None if seg is None else jnp.asarray(seg)
+
+    def loss(xs, h, wo, ws):
+        o, s = fn(*xs, initial_state=h, output_final_state=True, segment_ids=segj,
+                  chunk_size=chunk_size, impl=impl, scale=scale)
+        return jnp.sum(o.astype(jnp.float32) * wo) + sum(
+            jnp.sum(a * b) for a, b in zip(jax.tree.leaves(s), jax.tree.leaves(ws))
+        ), (o, s)
+
+    o_shape = inputs[2].shape
+    wo = rng.standard_normal(o_shape)
+    ws = jax.tree.map(lambda a: rng.standard_normal(np.shape(a)), h0 if h0 is not None else
+                      _zero_state(op, inputs))
+    argn = (0, 1) if h0 is not None else (0,)
+    (_, (o, s)), grads = jax.value_and_grad(loss, argnums=argn, has_aux=True)(
+        cast, h0c, jnp.asarray(wo, jnp.float32), jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), ws))
+    got = {"o": o, "state": s}
+    got.update({f"d{n}": g for n, g in zip(("q", "k", "v", *GATES[op]), grads[0])})
+    if h0 is not None:
+        got["dh0"] = grads[1]
+
+    with jax.enable_x64(True):
+        xs64 = [jnp.asarray(np.asarray(c, np.float32), jnp.float64) for c in cast]  # same rounding
+        h64 = None if h0 is None else jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), h0)
+        K = inputs[0].shape[-1]
+        sc = K**-0.5 if scale is None else scale
+
+        def loss64(xs, h):
+            h = h if h is not None else jax.tree.map(jnp.zeros_like, _zero_state(op, xs, jnp.float64))
+            o, s = run(op, xs, h, seg, sc)
+            return jnp.sum(o * wo) + sum(
+                jnp.sum(a * b) for a, b in zip(jax.tree.leaves(s), jax.tree.leaves(ws))
+            ), (o, s)
+
+        (_, (o64, s64)), g64 = jax.value_and_grad(loss64, argnums=argn, has_aux=True)(xs64, h64)
+        want = {"o": o64, "state": s64}
+        want.update({f"d{n}": g for n, g in zip(("q", "k", "v", *GATES[op]), g64[0])})
+        if h0 is not None:
+            want["dh0"] = g64[1]
+        errs = {}
+        for name in want:
+            a, b = jax.tree.leaves(got[name]), jax.tree.leaves(want[name])
+            errs[name] = max(rel_rms(x, y) for x, y in zip(a, b))
+            assert all(np.all(np.isfinite(np.asarray(x, np.float64))) for x in a), name
+    return errs
+
+
+def _zero_state(op, inputs, dtype=np.float32):
+    q, k, v = inputs[:3]
+    B, _, H, K = q.shape
+    V = v.shape[-1]
+    if op == "gsa":
+        M = inputs[3].shape[-1]
+        return (np.zeros((B, H, K, M), dtype), np.zeros((B, H, M, V), dtype))
+    return np.zeros((B, H, K, V), dtype)
