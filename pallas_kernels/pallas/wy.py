@@ -20,7 +20,8 @@ A is computed by a blocked forward substitution: the 16 x 16 diagonal blocks of 
 inverted by column elimination (all diagonal blocks at once, 16 steps of C x C vector work),
 then the block rows are merged by block forward substitution in Horner form,
 Y <- D^{-1} - (D^{-1} E) Y (nb - 1 matrix products, nb = C / 16), which is exact because
-D^{-1} E is strictly block-lower. Everything after loading is float32.
+D^{-1} E is strictly block-lower. The solve is float32 at full precision; the other products
+take bf16/f16 operands when k and v are 16-bit (f32 accumulation), else full-precision f32.
 
 Backends (`_backend.Backend`, default `_backend.current()`): "tpu" (Mosaic, `pltpu.CompilerParams`)
 and "triton" (GPU). Both run the same kernel bodies with grid (B, H, N), one chunk per program; on
@@ -73,10 +74,22 @@ def _row_to_col(x, eye):
     return jnp.sum(jnp.where(eye, x, 0.0), axis=1, keepdims=True)
 
 
-def dot(a, b, trans_a=False, trans_b=False):
-    """float32 a @ b (optionally a^T, b^T) at full precision (no tf32)."""
+def dot(a, b, trans_a=False, trans_b=False, cdt=jnp.float32):
+    """a @ b (optionally a^T, b^T) with operands in `cdt` and float32 accumulation; float32
+    operands run at full precision (no tf32 / single-pass bf16)."""
     dims = (((0 if trans_a else 1,), (1 if trans_b else 0,)), ((), ()))
-    return lax.dot_general(a, b, dims, precision=_HI, preferred_element_type=jnp.float32)
+    prec = _HI if cdt == jnp.float32 else None
+    return lax.dot_general(a.astype(cdt), b.astype(cdt), dims, precision=prec,
+                           preferred_element_type=jnp.float32)
+
+
+def compute_dtype(*dtypes):
+    """Matmul operand dtype of the kernels: the inputs' dtype when they all share one 16-bit
+    float type (bf16 / f16 tensor-core and MXU rate), else float32."""
+    first = jnp.dtype(dtypes[0])
+    if first.itemsize == 2 and all(jnp.dtype(d) == first for d in dtypes):
+        return first
+    return jnp.dtype(jnp.float32)
 
 
 def chunk_masks(gc, r):
@@ -131,22 +144,24 @@ def unit_lower_inverse(lmat, rows, cols):
 
 
 def _wy_fwd_kernel(k_ref, v_ref, beta_ref, gc_ref, r_ref, w_ref, u_ref, a_ref):
+    cdt = compute_dtype(k_ref.dtype, v_ref.dtype)
     k = k_ref[...].astype(jnp.float32)
     v = v_ref[...].astype(jnp.float32)
     beta = beta_ref[...].astype(jnp.float32)
     gc = gc_ref[...].astype(jnp.float32)
     r = r_ref[...].astype(jnp.float32)
     rows, cols, _, lower_same, _, gam, gamma = chunk_masks(gc, r)
-    kk = dot(k, k, trans_b=True)
+    kk = dot(k, k, trans_b=True, cdt=cdt)
     lmat = jnp.where(lower_same, beta * kk * gam, 0.0)
     a = unit_lower_inverse(lmat, rows, cols)
-    w_ref[...] = dot(a, beta * gamma * k).astype(w_ref.dtype)
-    u_ref[...] = dot(a, beta * v).astype(u_ref.dtype)
+    w_ref[...] = dot(a, beta * gamma * k, cdt=cdt).astype(w_ref.dtype)
+    u_ref[...] = dot(a, beta * v, cdt=cdt).astype(u_ref.dtype)
     a_ref[...] = a.astype(a_ref.dtype)
 
 
 def _wy_bwd_kernel(k_ref, v_ref, beta_ref, gc_ref, r_ref, a_ref, dw_ref, du_ref,
                    dk_ref, dv_ref, dbeta_ref, dgc_ref):
+    cdt = compute_dtype(k_ref.dtype, v_ref.dtype)
     k = k_ref[...].astype(jnp.float32)
     v = v_ref[...].astype(jnp.float32)
     beta = beta_ref[...].astype(jnp.float32)
@@ -158,16 +173,16 @@ def _wy_bwd_kernel(k_ref, v_ref, beta_ref, gc_ref, r_ref, a_ref, dw_ref, du_ref,
     _, _, eye, lower_same, _, gam, gamma = chunk_masks(gc, r)
     bg = beta * gamma
     # W = A Kb, U = A Vb with Kb = diag(beta gamma) K, Vb = diag(beta) V.
-    da = dot(dw, bg * k, trans_b=True) + dot(du, beta * v, trans_b=True)
-    dkb = dot(a, dw, trans_a=True)
-    dvb = dot(a, du, trans_a=True)
+    da = dot(dw, bg * k, trans_b=True, cdt=cdt) + dot(du, beta * v, trans_b=True, cdt=cdt)
+    dkb = dot(a, dw, trans_a=True, cdt=cdt)
+    dvb = dot(a, du, trans_a=True, cdt=cdt)
     # A = M^{-1}, M = I + L: dM = -A^T dA A^T; only the strictly lower (same segment) part of L is live.
     dm = -dot(dot(a, da, trans_a=True), a, trans_b=True)
     dl = jnp.where(lower_same, dm, 0.0)
-    kk = dot(k, k, trans_b=True)
+    kk = dot(k, k, trans_b=True, cdt=cdt)
     dl_gam = dl * gam
     dkk = beta * dl_gam                          # d(K K^T), strictly lower
-    dk = dot(dkk, k) + dot(dkk, k, trans_a=True) + bg * dkb
+    dk = dot(dkk, k, cdt=cdt) + dot(dkk, k, trans_a=True, cdt=cdt) + bg * dkb
     dkb_k = jnp.sum(dkb * k, axis=1, keepdims=True)
     dbeta = (jnp.sum(dl_gam * kk, axis=1, keepdims=True) + gamma * dkb_k
              + jnp.sum(dvb * v, axis=1, keepdims=True))
@@ -217,7 +232,8 @@ def wy_fwd(k, v, beta, gc, r, *, chunk_size: int, backend: _backend.Backend | No
         cumulative log-gate (zeros for the ungated rule); r: [B, T] float32 chunk-local count of
         segment resets at or before each position (zeros without segments).
     Returns:
-      w [B, H, T, K] float32, u [B, H, T, V] float32, a [B, H, T, C] float32 (row i of a chunk's A).
+      w [B, H, T, K], u [B, H, T, V] (in k's dtype when k and v share a 16-bit float dtype, else
+      float32) and a [B, H, T, C] float32 (row i of a chunk's A).
     """
     _check(k, v, beta, gc, r, chunk_size)
     backend = resolve(backend)
@@ -225,9 +241,10 @@ def wy_fwd(k, v, beta, gc, r, *, chunk_size: int, backend: _backend.Backend | No
     V = v.shape[-1]
     C = chunk_size
     f32 = jnp.float32
+    wdt = compute_dtype(k.dtype, v.dtype)
     out_shape = (
-        jax.ShapeDtypeStruct((B, H, T, K), f32),
-        jax.ShapeDtypeStruct((B, H, T, V), f32),
+        jax.ShapeDtypeStruct((B, H, T, K), wdt),
+        jax.ShapeDtypeStruct((B, H, T, V), wdt),
         jax.ShapeDtypeStruct((B, H, T, C), f32),
     )
     return pl.pallas_call(
