@@ -48,6 +48,7 @@ from pallas_kernels.pallas import _backend
 from pallas_kernels.pallas.chunk_state import F32, _unpack, mm, mm_nt, mm_tn
 
 MODES = ("scalar", "key", "value")
+SUB_CHUNK = 16  # secondary chunk of the per-channel gates
 
 
 def _cdt(*xs):
@@ -59,13 +60,6 @@ def _row(ref, s):
     return ref[pl.ds(s, 1), :]
 
 
-def _col_mask(r, s, tcol, seg):
-    m = tcol >= s
-    if seg:
-        m = jnp.logical_and(m, r["rcol"][...] == _row(r["rcol"], s))
-    return m
-
-
 def _pair_mask(r, C, seg):
     t = lax.broadcasted_iota(jnp.int32, (C, C), 0)
     s = lax.broadcasted_iota(jnp.int32, (C, C), 1)
@@ -75,148 +69,254 @@ def _pair_mask(r, C, seg):
     return keep
 
 
-def _fwd_kernel(*refs, flags, mode, decayed, seg, C):
-    r = _unpack(refs, flags)
+def _scalar_fwd(r, C, decayed, seg):
     q, k, v = r["q"][...], r["k"][...], r["v"][...]
     cdt = _cdt(q, k, v)
     h = r["h"][...].astype(cdt)
-    carry = r["carry"][...] if seg else None
-    qf = q.astype(F32)
-    tcol = lax.broadcasted_iota(jnp.int32, (C, 1), 0)
-    if mode == "scalar":
-        keep = _pair_mask(r, C, seg)
-        if decayed:
-            bcol = r["bcol"][...]
-            D = jnp.where(keep, jnp.exp(jnp.minimum(bcol - r["brow"][...], 0.0)), 0.0)
-            A = mm_nt(q, k) * D
-            inter = mm((qf * jnp.exp(bcol)).astype(cdt), h)
-        else:
-            A = jnp.where(keep, mm_nt(q, k), 0.0)
-            inter = mm(q, h)
-        o = mm(A.astype(cdt), v)
-        o = o + (inter if carry is None else carry * inter)
-    elif mode == "key":
-        b = r["b"][...]
-        inter = mm((qf * jnp.exp(b)).astype(cdt), h)
-        o0 = inter if carry is None else carry * inter
-
-        def body(s, o):
-            ks = _row(r["k"], s).astype(F32)
-            vs = _row(r["v"], s).astype(F32)
-            E = jnp.exp(jnp.minimum(b - _row(r["b"], s), 0.0))
-            a = jnp.sum(qf * ks * E, axis=1, keepdims=True)
-            a = jnp.where(_col_mask(r, s, tcol, seg), a, 0.0)
-            return o + a * vs
-
-        o = lax.fori_loop(0, C, body, o0)
-    else:  # value
-        b = r["b"][...]
-        e0 = jnp.exp(b) if carry is None else carry * jnp.exp(b)
-        o0 = e0 * mm(q, h)
-
-        def body(s, o):
-            ks = _row(r["k"], s).astype(F32)
-            vs = _row(r["v"], s).astype(F32)
-            F = jnp.exp(jnp.minimum(b - _row(r["b"], s), 0.0))
-            col = jnp.where(_col_mask(r, s, tcol, seg),
-                            jnp.sum(qf * ks, axis=1, keepdims=True), 0.0)
-            return o + col * vs * F
-
-        o = lax.fori_loop(0, C, body, o0)
-    r["o"][...] = o
+    keep = _pair_mask(r, C, seg)
+    if decayed:
+        bcol = r["bcol"][...]
+        D = jnp.where(keep, jnp.exp(jnp.minimum(bcol - r["brow"][...], 0.0)), 0.0)
+        A = mm_nt(q, k) * D
+        inter = mm((q.astype(F32) * jnp.exp(bcol)).astype(cdt), h)
+    else:
+        A = jnp.where(keep, mm_nt(q, k), 0.0)
+        inter = mm(q, h)
+    if seg:
+        inter = r["carry"][...] * inter
+    r["o"][...] = mm(A.astype(cdt), v) + inter
 
 
-def _bwd_kernel(*refs, flags, mode, decayed, seg, C):
-    r = _unpack(refs, flags)
+def _scalar_bwd(r, C, decayed, seg):
     q, k, v = r["q"][...], r["k"][...], r["v"][...]
     cdt = _cdt(q, k, v)
-    hf = r["h"][...]
-    h = hf.astype(cdt)
-    do = r["do"][...]
-    dol = do.astype(cdt)
-    carry = r["carry"][...] if seg else None
-    qf, kf, vf = q.astype(F32), k.astype(F32), v.astype(F32)
-    tcol = lax.broadcasted_iota(jnp.int32, (C, 1), 0)
-    db = None
-    if mode == "scalar":
-        keep = _pair_mask(r, C, seg)
-        if decayed:
-            bcol = r["bcol"][...]
-            D = jnp.where(keep, jnp.exp(jnp.minimum(bcol - r["brow"][...], 0.0)), 0.0)
-            e = jnp.exp(bcol)
-        else:
-            D = keep.astype(F32)
-            e = jnp.ones((C, 1), F32)
-        if carry is not None:
-            e = e * carry
-        A = mm_nt(q, k) * D
-        dP = mm_nt(dol, v) * D
-        dq = mm(dP.astype(cdt), k) + e * mm_nt(dol, h)
-        dk = mm_tn(dP.astype(cdt), q)
-        dv = mm_tn(A.astype(cdt), dol)
-        dh = mm_tn((qf * e).astype(cdt), dol)
-        if decayed:
-            db = jnp.sum(qf * dq, axis=1, keepdims=True) - jnp.sum(kf * dk, axis=1, keepdims=True)
-    elif mode == "key":
-        b = r["b"][...]
-        eb = jnp.exp(b)
-        dsc = do if carry is None else carry * do
-        dq0 = mm_nt(dsc.astype(cdt), h) * eb
-        dh = mm_tn((qf * eb).astype(cdt), dsc.astype(cdt))
-
-        def body(s, acc):
-            dq, dk, dv = acc
-            ks = _row(r["k"], s).astype(F32)
-            vs = _row(r["v"], s).astype(F32)
-            m = _col_mask(r, s, tcol, seg)
-            E = jnp.where(m, jnp.exp(jnp.minimum(b - _row(r["b"], s), 0.0)), 0.0)
-            qE = qf * E
-            a = jnp.sum(qE * ks, axis=1, keepdims=True)
-            dA = jnp.where(m, jnp.sum(do * vs, axis=1, keepdims=True), 0.0)
-            one = (tcol == s).astype(F32)
-            dv = dv + one * jnp.sum(a * do, axis=0, keepdims=True)
-            dk = dk + one * jnp.sum(dA * qE, axis=0, keepdims=True)
-            dq = dq + dA * ks * E
-            return dq, dk, dv
-
-        K, V = q.shape[-1], v.shape[-1]
-        dq, dk, dv = lax.fori_loop(
-            0, C, body, (dq0, jnp.zeros((C, K), F32), jnp.zeros((C, V), F32)))
-        db = qf * dq - kf * dk
-    else:  # value
-        b = r["b"][...]
-        e0 = jnp.exp(b) if carry is None else carry * jnp.exp(b)
-        X = do * e0
-        dq0 = mm_nt(X.astype(cdt), h)
-        dh = mm_tn(q, X.astype(cdt))
-        db0 = do * e0 * mm(q, h)
-
-        def body(s, acc):
-            dq, dk, dv, db = acc
-            ks = _row(r["k"], s).astype(F32)
-            vs = _row(r["v"], s).astype(F32)
-            m = _col_mask(r, s, tcol, seg)
-            F = jnp.exp(jnp.minimum(b - _row(r["b"], s), 0.0))
-            col = jnp.where(m, jnp.sum(qf * ks, axis=1, keepdims=True), 0.0)
-            vF = vs * F
-            db = db + do * col * vF
-            dP = jnp.where(m, jnp.sum(do * vF, axis=1, keepdims=True), 0.0)
-            one = (tcol == s).astype(F32)
-            dv = dv + one * jnp.sum(col * do * F, axis=0, keepdims=True)
-            dk = dk + one * jnp.sum(dP * qf, axis=0, keepdims=True)
-            dq = dq + dP * ks
-            return dq, dk, dv, db
-
-        K, V = q.shape[-1], v.shape[-1]
-        dq, dk, dv, db = lax.fori_loop(
-            0, C, body, (dq0, jnp.zeros((C, K), F32), jnp.zeros((C, V), F32), db0))
-        db = db - vf * dv
+    h = r["h"][...].astype(cdt)
+    dol = r["do"][...].astype(cdt)
+    keep = _pair_mask(r, C, seg)
+    if decayed:
+        bcol = r["bcol"][...]
+        D = jnp.where(keep, jnp.exp(jnp.minimum(bcol - r["brow"][...], 0.0)), 0.0)
+        e = jnp.exp(bcol)
+    else:
+        D = keep.astype(F32)
+        e = jnp.ones((C, 1), F32)
+    if seg:
+        e = e * r["carry"][...]
+    A = mm_nt(q, k) * D
+    dP = mm_nt(dol, v) * D
+    dq = mm(dP.astype(cdt), k) + e * mm_nt(dol, h)
+    dk = mm_tn(dP.astype(cdt), q)
     r["dq"][...] = dq.astype(r["dq"].dtype)
     r["dk"][...] = dk.astype(r["dk"].dtype)
-    r["dv"][...] = dv.astype(r["dv"].dtype)
+    r["dv"][...] = mm_tn(A.astype(cdt), dol).astype(r["dv"].dtype)
+    r["dh"][...] = mm_tn((q.astype(F32) * e).astype(cdt), dol)
+    if decayed:
+        r["db"][...] = (jnp.sum(q.astype(F32) * dq, axis=1, keepdims=True)
+                        - jnp.sum(k.astype(F32) * dk, axis=1, keepdims=True))
+
+
+# Per-channel gates ("key", "value"): secondary sub-chunks of c positions (the GLA paper's
+# two-level chunking). For a query sub-chunk a and an earlier key sub-chunk b the decay factors
+# through r_b, the cumulative log gate at the end of b: exp(b_i - b_j) = exp(b_i - r_b) exp(r_b - b_j),
+# both factors <= 1, so the pair is one small matmul. Segment masks factor the same way: with the
+# reset count rid non-decreasing, rid_i == rid_j  iff  rid_i == rid(r_b) == rid_j. Diagonal
+# sub-chunks are exact: a loop over their c key positions.
+
+class _Blk:
+    """Static views of sub-chunk `a` (positions a*c .. a*c + c - 1) of the kernel's refs."""
+
+    def __init__(self, r, a, c, seg):
+        self.sl = pl.ds(a * c, c)
+        self.end = a * c + c - 1
+        self.r, self.c, self.seg = r, c, seg
+
+    def load(self, name, dtype=None):
+        x = self.r[name][self.sl, :]
+        return x if dtype is None else x.astype(dtype)
+
+    def r_end(self):
+        """Cumulative log gate at the sub-chunk's last position, [1, D]."""
+        return _row(self.r["b"], self.end)
+
+    def same_as_end(self, other):
+        """[c, 1] mask: the positions of `self` lie in the segment of `other`'s last position."""
+        if not self.seg:
+            return None
+        return self.r["rcol"][self.sl, :] == _row(self.r["rcol"], other.end)
+
+
+def _mask_mul(x, m):
+    return x if m is None else jnp.where(m, x, 0.0)
+
+
+def _diag_masks(blk, j, tcol):
+    """Column j of the diagonal sub-chunk: [c, 1] mask of positions i >= j in j's segment."""
+    m = tcol >= j
+    if blk.seg:
+        m = jnp.logical_and(m, blk.r["rcol"][blk.sl, :] == _row(blk.r["rcol"], blk.sl.start + j))
+    return m
+
+
+def _channel_fwd(r, mode, C, c, seg):
+    S = C // c
+    cdt = _cdt(r["q"], r["k"], r["v"])
+    h = r["h"][...].astype(cdt)
+    blks = [_Blk(r, a, c, seg) for a in range(S)]
+    tcol = lax.broadcasted_iota(jnp.int32, (c, 1), 0)
+    # key side of every sub-chunk, relative to its own end (key mode: k; value mode: v)
+    side = "k" if mode == "key" else "v"
+    ref_side = []
+    for bk in blks:
+        x = bk.load(side, F32) * jnp.exp(bk.r_end() - bk.load("b"))
+        ref_side.append(_mask_mul(x, bk.same_as_end(bk)).astype(cdt))
+    for a, ba in enumerate(blks):
+        qa = ba.load("q", F32)
+        b_a = ba.load("b")
+        if mode == "key":
+            o = mm((qa * jnp.exp(b_a)).astype(cdt), h)
+        else:
+            o = jnp.exp(b_a) * mm(qa.astype(cdt), h)
+        if seg:
+            o = ba.load("carry") * o
+        for bi in range(a):
+            bb = blks[bi]
+            e_q = _mask_mul(jnp.exp(b_a - bb.r_end()), ba.same_as_end(bb))
+            if mode == "key":
+                A = mm_nt((qa * e_q).astype(cdt), ref_side[bi])
+                o = o + mm(A.astype(cdt), bb.load("v"))
+            else:
+                P = mm_nt(qa.astype(cdt), bb.load("k"))
+                o = o + e_q * mm(P.astype(cdt), ref_side[bi])
+
+        def body(j, o, ba=ba, qa=qa, b_a=b_a):
+            t = ba.sl.start + j
+            ks = _row(r["k"], t).astype(F32)
+            vs = _row(r["v"], t).astype(F32)
+            E = jnp.exp(jnp.minimum(b_a - _row(r["b"], t), 0.0))
+            m = _diag_masks(ba, j, tcol)
+            if mode == "key":
+                a_col = jnp.where(m, jnp.sum(qa * ks * E, axis=1, keepdims=True), 0.0)
+                return o + a_col * vs
+            col = jnp.where(m, jnp.sum(qa * ks, axis=1, keepdims=True), 0.0)
+            return o + col * vs * E
+
+        r["o"][ba.sl, :] = lax.fori_loop(0, c, body, o)
+
+
+def _channel_bwd(r, mode, C, c, seg):
+    S = C // c
+    cdt = _cdt(r["q"], r["k"], r["v"])
+    hf = r["h"][...]
+    h = hf.astype(cdt)
+    K, V = r["q"].shape[-1], r["v"].shape[-1]
+    blks = [_Blk(r, a, c, seg) for a in range(S)]
+    tcol = lax.broadcasted_iota(jnp.int32, (c, 1), 0)
+    side = "k" if mode == "key" else "v"
+    e_side, ref_side = [], []
+    for bk in blks:
+        e = _mask_mul(jnp.exp(bk.r_end() - bk.load("b")), bk.same_as_end(bk))
+        e_side.append(e)
+        ref_side.append((bk.load(side, F32) * e).astype(cdt))
+    dq = [None] * S
+    dk = [jnp.zeros((c, K), F32) for _ in range(S)]
+    dv = [jnp.zeros((c, V), F32) for _ in range(S)]
+    dref = [jnp.zeros((c, K if mode == "key" else V), F32) for _ in range(S)]
+    o_all = [None] * S
+    dh = jnp.zeros(hf.shape, F32)
+    for a, ba in enumerate(blks):
+        qa = ba.load("q", F32)
+        b_a = ba.load("b")
+        do = ba.load("do")
+        dol = do.astype(cdt)
+        eb = jnp.exp(b_a)
+        if seg:
+            eb = eb * ba.load("carry")
+        if mode == "key":
+            dq[a] = mm_nt(dol, h) * eb
+            dh = dh + mm_tn((qa * eb).astype(cdt), dol)
+        else:
+            X = (do * eb).astype(cdt)
+            dq[a] = mm_nt(X, h)
+            dh = dh + mm_tn(qa.astype(cdt), X)
+            o_all[a] = eb * mm(qa.astype(cdt), h)
+        for bi in range(a):
+            bb = blks[bi]
+            e_q = _mask_mul(jnp.exp(b_a - bb.r_end()), ba.same_as_end(bb))
+            if mode == "key":
+                qref = (qa * e_q).astype(cdt)
+                A = mm_nt(qref, ref_side[bi])
+                dA = mm_nt(dol, bb.load("v"))
+                dv[bi] = dv[bi] + mm_tn(A.astype(cdt), dol)
+                dq[a] = dq[a] + mm(dA.astype(cdt), ref_side[bi]) * e_q
+                dref[bi] = dref[bi] + mm_tn(dA.astype(cdt), qref)
+            else:
+                kb = bb.load("k")
+                P = mm_nt(qa.astype(cdt), kb)
+                X = (do * e_q).astype(cdt)
+                o_all[a] = o_all[a] + e_q * mm(P.astype(cdt), ref_side[bi])
+                dP = mm_nt(X, ref_side[bi])
+                dq[a] = dq[a] + mm(dP.astype(cdt), kb)
+                dk[bi] = dk[bi] + mm_tn(dP.astype(cdt), qa.astype(cdt))
+                dref[bi] = dref[bi] + mm_tn(P.astype(cdt), X)
+
+        def body(j, acc, ba=ba, qa=qa, b_a=b_a, do=do):
+            dq_a, dk_a, dv_a, o_a = acc
+            t = ba.sl.start + j
+            ks = _row(r["k"], t).astype(F32)
+            vs = _row(r["v"], t).astype(F32)
+            m = _diag_masks(ba, j, tcol)
+            one = (tcol == j).astype(F32)
+            if mode == "key":
+                E = jnp.where(m, jnp.exp(jnp.minimum(b_a - _row(r["b"], t), 0.0)), 0.0)
+                qE = qa * E
+                a_col = jnp.sum(qE * ks, axis=1, keepdims=True)
+                dA = jnp.where(m, jnp.sum(do * vs, axis=1, keepdims=True), 0.0)
+                dv_a = dv_a + one * jnp.sum(a_col * do, axis=0, keepdims=True)
+                dk_a = dk_a + one * jnp.sum(dA * qE, axis=0, keepdims=True)
+                dq_a = dq_a + dA * ks * E
+                return dq_a, dk_a, dv_a, o_a
+            F = jnp.exp(jnp.minimum(b_a - _row(r["b"], t), 0.0))
+            col = jnp.where(m, jnp.sum(qa * ks, axis=1, keepdims=True), 0.0)
+            vF = vs * F
+            o_a = o_a + col * vF
+            dP = jnp.where(m, jnp.sum(do * vF, axis=1, keepdims=True), 0.0)
+            dv_a = dv_a + one * jnp.sum(col * do * F, axis=0, keepdims=True)
+            dk_a = dk_a + one * jnp.sum(dP * qa, axis=0, keepdims=True)
+            dq_a = dq_a + dP * ks
+            return dq_a, dk_a, dv_a, o_a
+
+        o0 = o_all[a] if mode == "value" else jnp.zeros((1, 1), F32)
+        dq[a], dk[a], dv[a], o_a = lax.fori_loop(0, c, body, (dq[a], dk[a], dv[a], o0))
+        if mode == "value":
+            o_all[a] = o_a
+    for a, ba in enumerate(blks):
+        if mode == "key":
+            dk[a] = dk[a] + dref[a] * e_side[a]
+            db = ba.load("q", F32) * dq[a] - ba.load("k", F32) * dk[a]
+        else:
+            dv[a] = dv[a] + dref[a] * e_side[a]
+            db = ba.load("do") * o_all[a] - ba.load("v", F32) * dv[a]
+        r["dq"][ba.sl, :] = dq[a].astype(r["dq"].dtype)
+        r["dk"][ba.sl, :] = dk[a].astype(r["dk"].dtype)
+        r["dv"][ba.sl, :] = dv[a].astype(r["dv"].dtype)
+        r["db"][ba.sl, :] = db
     r["dh"][...] = dh
-    if db is not None:
-        r["db"][...] = db
+
+
+def _fwd_kernel(*refs, flags, mode, decayed, seg, C, c):
+    r = _unpack(refs, flags)
+    if mode == "scalar":
+        _scalar_fwd(r, C, decayed, seg)
+    else:
+        _channel_fwd(r, mode, C, c, seg)
+
+
+def _bwd_kernel(*refs, flags, mode, decayed, seg, C, c):
+    r = _unpack(refs, flags)
+    if mode == "scalar":
+        _scalar_bwd(r, C, decayed, seg)
+    else:
+        _channel_bwd(r, mode, C, c, seg)
 
 
 def _operands(mode, q, k, v, h, b, segments, heads):
@@ -279,7 +379,8 @@ def _fwd(backend, mode, heads, q, k, v, h, b, segments):
     items = _operands(mode, q, k, v, h, b, segments, heads)
     outs = [("o", (G, N, C, V), F32, (C, V))]
     (o,) = _call(_fwd_kernel, backend, items, outs, (G, N), "chunk_output_fwd", mode=mode,
-                 decayed=b is not None, seg=segments is not None, C=C, heads=heads)
+                 decayed=b is not None, seg=segments is not None, C=C, c=min(SUB_CHUNK, C),
+                 heads=heads)
     return o
 
 
@@ -294,7 +395,8 @@ def _bwd(backend, mode, heads, q, k, v, h, b, segments, do):
         bshape = (C, 1) if mode == "scalar" else (C, b.shape[-1])
         outs.append(("db", (G, N) + bshape, F32, bshape))
     res = _call(_bwd_kernel, backend, items, outs, (G, N), "chunk_output_bwd", mode=mode,
-                decayed=b is not None, seg=segments is not None, C=C, heads=heads)
+                decayed=b is not None, seg=segments is not None, C=C, c=min(SUB_CHUNK, C),
+                heads=heads)
     dq, dk, dv, dh = res[:4]
     db = None if b is None else res[4].reshape(b.shape)
     return dq, dk, dv, dh, db

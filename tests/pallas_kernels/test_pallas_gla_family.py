@@ -157,14 +157,14 @@ def _output_ref(q, k, v, h, b, rid, carry, mode, heads):
 @BOTH
 @pytest.mark.parametrize("mode", ["key", "value"])
 def test_output_stage(flavour, mode):
-    B, H, N, C, K, V = 2, 1, 2, 16, 16, 16
+    B, H, N, C, K, V = 2, 1, 2, 32, 16, 16
     G = B * H
     ks = jax.random.split(jax.random.PRNGKey(4), 7)
     q, k = (jax.random.normal(ks[i], (G, N, C, K)) for i in (0, 1))
     v = jax.random.normal(ks[2], (G, N, C, V))
     h = jax.random.normal(ks[3], (G, N, K, V))
     b = jnp.cumsum(-2.0 * jnp.abs(jax.random.normal(ks[4], (G, N, C, K if mode == "key" else V))), 2)
-    seg = np.sort(np.random.default_rng(0).integers(0, 4, (B, N * C)), axis=1)
+    seg = np.sort(np.random.default_rng(0).integers(0, 5, (B, N * C)), axis=1)
     rid = np.concatenate([np.zeros((B, 1), int), np.cumsum(seg[:, 1:] != seg[:, :-1], 1)], 1)
     rid = jnp.asarray(rid.reshape(B, N, C), jnp.int32)
     prev = jnp.concatenate([jnp.zeros((B, 1), jnp.int32), rid[:, :-1, -1]], 1)
