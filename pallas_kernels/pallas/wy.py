@@ -48,10 +48,12 @@ def resolve(backend: _backend.Backend | None) -> _backend.Backend:
     return _backend.current() if backend is None else backend
 
 
-def params(backend: _backend.Backend, n_parallel: int, n_arbitrary: int = 0):
-    """Compiler params for a grid of `n_parallel` parallel axes then `n_arbitrary` sequential ones."""
+def params(backend: _backend.Backend, n_parallel: int, n_arbitrary: int = 0, num_warps: int = 4):
+    """Compiler params for a grid of `n_parallel` parallel axes then `n_arbitrary` sequential ones
+    (`num_warps` applies to Triton only)."""
     return _backend.compiler_params(
-        backend, ("parallel",) * n_parallel + ("arbitrary",) * n_arbitrary, num_stages=1
+        backend, ("parallel",) * n_parallel + ("arbitrary",) * n_arbitrary, num_warps=num_warps,
+        num_stages=1,
     )
 
 
@@ -143,57 +145,96 @@ def unit_lower_inverse(lmat, rows, cols):
 # ----------------------------------------------------------------------------- kernels
 
 
-def _wy_fwd_kernel(k_ref, v_ref, beta_ref, gc_ref, r_ref, w_ref, u_ref, a_ref):
+def _tiles(d: int, tile: int):
+    """Static column slices covering a head dim d in tiles of `tile` (one slice if d <= tile or
+    d is not a multiple of it)."""
+    if d <= tile or d % tile:
+        return [slice(0, d)]
+    return [slice(i, i + tile) for i in range(0, d, tile)]
+
+
+def _wy_fwd_kernel(k_ref, v_ref, beta_ref, gc_ref, r_ref, w_ref, u_ref, a_ref, *, tile):
+    # Head dims are walked in column tiles so that only (C, C) matrices and one (C, tile) slice
+    # are live at a time (register pressure on GPUs, vreg pressure on TPUs).
+    f32 = jnp.float32
     cdt = compute_dtype(k_ref.dtype, v_ref.dtype)
-    k = k_ref[...].astype(jnp.float32)
-    v = v_ref[...].astype(jnp.float32)
-    beta = beta_ref[...].astype(jnp.float32)
-    gc = gc_ref[...].astype(jnp.float32)
-    r = r_ref[...].astype(jnp.float32)
+    K, V = k_ref.shape[-1], v_ref.shape[-1]
+    beta = beta_ref[...].astype(f32)
+    gc = gc_ref[...].astype(f32)
+    r = r_ref[...].astype(f32)
     rows, cols, _, lower_same, _, gam, gamma = chunk_masks(gc, r)
-    kk = dot(k, k, trans_b=True, cdt=cdt)
+    kk = None
+    for t in _tiles(K, tile):
+        kt = k_ref[:, t]
+        part = dot(kt, kt, trans_b=True, cdt=cdt)
+        kk = part if kk is None else kk + part
     lmat = jnp.where(lower_same, beta * kk * gam, 0.0)
     a = unit_lower_inverse(lmat, rows, cols)
-    w_ref[...] = dot(a, beta * gamma * k, cdt=cdt).astype(w_ref.dtype)
-    u_ref[...] = dot(a, beta * v, cdt=cdt).astype(u_ref.dtype)
     a_ref[...] = a.astype(a_ref.dtype)
+    bg = beta * gamma
+    for t in _tiles(K, tile):
+        w_ref[:, t] = dot(a, bg * k_ref[:, t].astype(f32), cdt=cdt).astype(w_ref.dtype)
+    for t in _tiles(V, tile):
+        u_ref[:, t] = dot(a, beta * v_ref[:, t].astype(f32), cdt=cdt).astype(u_ref.dtype)
 
 
 def _wy_bwd_kernel(k_ref, v_ref, beta_ref, gc_ref, r_ref, a_ref, dw_ref, du_ref,
-                   dk_ref, dv_ref, dbeta_ref, dgc_ref):
+                   dk_ref, dv_ref, dbeta_ref, dgc_ref, *, tile):
+    f32 = jnp.float32
     cdt = compute_dtype(k_ref.dtype, v_ref.dtype)
-    k = k_ref[...].astype(jnp.float32)
-    v = v_ref[...].astype(jnp.float32)
-    beta = beta_ref[...].astype(jnp.float32)
-    gc = gc_ref[...].astype(jnp.float32)
-    r = r_ref[...].astype(jnp.float32)
-    a = a_ref[...].astype(jnp.float32)
-    dw = dw_ref[...].astype(jnp.float32)
-    du = du_ref[...].astype(jnp.float32)
+    K, V = k_ref.shape[-1], v_ref.shape[-1]
+    beta = beta_ref[...].astype(f32)
+    gc = gc_ref[...].astype(f32)
+    r = r_ref[...].astype(f32)
+    a = a_ref[...].astype(f32)
     _, _, eye, lower_same, _, gam, gamma = chunk_masks(gc, r)
     bg = beta * gamma
-    # W = A Kb, U = A Vb with Kb = diag(beta gamma) K, Vb = diag(beta) V.
-    da = dot(dw, bg * k, trans_b=True, cdt=cdt) + dot(du, beta * v, trans_b=True, cdt=cdt)
-    dkb = dot(a, dw, trans_a=True, cdt=cdt)
-    dvb = dot(a, du, trans_a=True, cdt=cdt)
-    # A = M^{-1}, M = I + L: dM = -A^T dA A^T; only the strictly lower (same segment) part of L is live.
+    # W = A Kb, U = A Vb with Kb = diag(beta gamma) K, Vb = diag(beta) V:
+    # dA = dW Kb^T + dU Vb^T, dKb = A^T dW, dVb = A^T dU.
+    da = None
+    kk = None
+    for t in _tiles(K, tile):
+        kt = k_ref[:, t].astype(f32)
+        part = dot(dw_ref[:, t], bg * kt, trans_b=True, cdt=cdt)
+        da = part if da is None else da + part
+        part = dot(kt, kt, trans_b=True, cdt=cdt)
+        kk = part if kk is None else kk + part
+    for t in _tiles(V, tile):
+        da = da + dot(du_ref[:, t], beta * v_ref[:, t].astype(f32), trans_b=True, cdt=cdt)
+    # A = M^{-1}, M = I + L: dM = -A^T dA A^T; only the strictly lower (same segment) part of L
+    # is live. L_ij = beta_i Gamma_ij (k_i . k_j).
     dm = -dot(dot(a, da, trans_a=True), a, trans_b=True)
     dl = jnp.where(lower_same, dm, 0.0)
-    kk = dot(k, k, trans_b=True, cdt=cdt)
     dl_gam = dl * gam
     dkk = beta * dl_gam                          # d(K K^T), strictly lower
-    dk = dot(dkk, k, cdt=cdt) + dot(dkk, k, trans_a=True, cdt=cdt) + bg * dkb
-    dkb_k = jnp.sum(dkb * k, axis=1, keepdims=True)
-    dbeta = (jnp.sum(dl_gam * kk, axis=1, keepdims=True) + gamma * dkb_k
-             + jnp.sum(dvb * v, axis=1, keepdims=True))
+    dbeta = jnp.sum(dl_gam * kk, axis=1, keepdims=True)
     # Gamma_ij = exp(gc_i - gc_j): dgc_i += sum_j R_ij, dgc_j -= sum_i R_ij with R = dL * L.
     rmat = dl * beta * kk * gam
     dgc = (jnp.sum(rmat, axis=1, keepdims=True)
-           - _row_to_col(jnp.sum(rmat, axis=0, keepdims=True), eye) + bg * dkb_k)
-    dk_ref[...] = dk.astype(dk_ref.dtype)
-    dv_ref[...] = (beta * dvb).astype(dv_ref.dtype)
-    dbeta_ref[...] = dbeta.astype(dbeta_ref.dtype)
-    dgc_ref[...] = dgc.astype(dgc_ref.dtype)
+           - _row_to_col(jnp.sum(rmat, axis=0, keepdims=True), eye))
+    dkb_k = None
+    for t in _tiles(K, tile):
+        kt = k_ref[:, t].astype(f32)
+        dkb = dot(a, dw_ref[:, t], trans_a=True, cdt=cdt)
+        dk_ref[:, t] = (dot(dkk, kt, cdt=cdt) + dot(dkk, kt, trans_a=True, cdt=cdt)
+                        + bg * dkb).astype(dk_ref.dtype)
+        part = jnp.sum(dkb * kt, axis=1, keepdims=True)
+        dkb_k = part if dkb_k is None else dkb_k + part
+    for t in _tiles(V, tile):
+        dvb = dot(a, du_ref[:, t], trans_a=True, cdt=cdt)
+        dv_ref[:, t] = (beta * dvb).astype(dv_ref.dtype)
+        dbeta = dbeta + jnp.sum(dvb * v_ref[:, t].astype(f32), axis=1, keepdims=True)
+    dbeta_ref[...] = (dbeta + gamma * dkb_k).astype(dbeta_ref.dtype)
+    dgc_ref[...] = (dgc + bg * dkb_k).astype(dgc_ref.dtype)
+
+
+def _tile_for(backend: _backend.Backend) -> int:
+    """Column tile: 128 lanes on TPU (aligned ref slices), 64 on GPUs (as FLA's BK / BV)."""
+    return 128 if backend.kind == "tpu" else 64
+
+
+def _num_warps(C: int, K: int, V: int) -> int:
+    return 8 if C * max(K, V) >= 128 * 128 or C >= 128 else 4
 
 
 # ----------------------------------------------------------------------------- wrappers
@@ -248,12 +289,12 @@ def wy_fwd(k, v, beta, gc, r, *, chunk_size: int, backend: _backend.Backend | No
         jax.ShapeDtypeStruct((B, H, T, C), f32),
     )
     return pl.pallas_call(
-        _wy_fwd_kernel,
+        functools.partial(_wy_fwd_kernel, tile=_tile_for(backend)),
         grid=(B, H, T // C),
         in_specs=_specs(C, (K, V, 1, 1, 1), (False, False, False, False, True)),
         out_specs=_specs(C, (K, V, C), (False, False, False)),
         out_shape=out_shape,
-        compiler_params=params(backend, 3),
+        compiler_params=params(backend, 3, num_warps=_num_warps(C, K, V)),
         interpret=backend.interpret,
         name="delta_wy_fwd",
     )(k, v, beta[..., None].astype(f32), gc[..., None].astype(f32), r[..., None].astype(f32))
@@ -278,12 +319,12 @@ def wy_bwd(k, v, beta, gc, r, a, dw, du, *, chunk_size: int, backend: _backend.B
         jax.ShapeDtypeStruct((B, H, T, 1), f32),
     )
     dk, dv, dbeta, dgc = pl.pallas_call(
-        _wy_bwd_kernel,
+        functools.partial(_wy_bwd_kernel, tile=_tile_for(backend)),
         grid=(B, H, T // C),
         in_specs=_specs(C, (K, V, 1, 1, 1, C, K, V), (False,) * 4 + (True,) + (False,) * 3),
         out_specs=_specs(C, (K, V, 1, 1), (False,) * 4),
         out_shape=out_shape,
-        compiler_params=params(backend, 3),
+        compiler_params=params(backend, 3, num_warps=_num_warps(C, K, V)),
         interpret=backend.interpret,
         name="delta_wy_bwd",
     )(k, v, beta[..., None].astype(f32), gc[..., None].astype(f32), r[..., None].astype(f32),

@@ -54,6 +54,9 @@ CASES = [
     ("triton", dict(C=16, T=48, K=24, V=40, keys="raw", beta="one", decay=4.0)),
     ("tpu", dict(C=32, T=64, beta="zero", segments=False)),
     ("triton", dict(C=128, T=128, K=16, V=16, keys="raw")),
+    # head dims walked in several column tiles (64 on Triton, 128 on TPU)
+    ("triton", dict(C=32, T=64, K=128, V=192, H=1)),
+    ("tpu", dict(C=32, T=64, K=256, V=128, H=1)),
 ]
 
 
