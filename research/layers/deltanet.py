@@ -67,6 +67,10 @@ class DeltaNet(nnx.Module):
             q, k = common.l2_normalize(q), common.l2_normalize(k)
         return q, k, v, conv_cache
 
+    def log_decay(self, x):
+        """None: DeltaNet has no decay (its forgetting is the delta rule's overwrite)."""
+        return None
+
     def beta(self, x):
         """Write strength [B, T, H] in (0, 1)."""
         if not self.cfg.use_beta:

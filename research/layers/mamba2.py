@@ -52,16 +52,27 @@ class Mamba2(nnx.Module):
         state = jnp.zeros((batch_size, self.n_heads, self.d_state, self.head_dim), jnp.float32)
         return common.recurrent_cache(self.conv, batch_size, self.d_inner + 2 * self.d_state, state)
 
-    def __call__(self, u, *, segment_ids=None, cache=None, pos=None):
-        """u: [B, T, D]; segment_ids: [B, T] or None; cache: from init_cache or None."""
-        H = self.n_heads
+    def _split(self, u):
+        """in_proj(u) split into (z or None, x, B, C, dt_raw)."""
         bounds = [sum(self.split[:i + 1]) for i in range(len(self.split) - 1)]
         parts = jnp.split(self.in_proj(u), bounds, axis=-1)
         z = parts.pop(0) if self.use_output_gate else None
-        x, b, c, dt = parts
+        return (z, *parts)
+
+    def _dt(self, dt_raw):
+        return jax.nn.softplus(dt_raw.astype(jnp.float32) + self.dt_bias[...])  # [B, T, H]
+
+    def log_decay(self, u):
+        """Per-step log-decay dt * A, [B, T, H] float32, for u [B, T, D]."""
+        return -jnp.exp(self.A_log[...]) * self._dt(self._split(u)[-1])
+
+    def __call__(self, u, *, segment_ids=None, cache=None, pos=None):
+        """u: [B, T, D]; segment_ids: [B, T] or None; cache: from init_cache or None."""
+        H = self.n_heads
+        z, x, b, c, dt = self._split(u)
         (x, b, c), conv_cache = common.conv_parts(self.conv, [x, b, c], segment_ids=segment_ids,
                                                   cache=cache)
-        dt = jax.nn.softplus(dt.astype(jnp.float32) + self.dt_bias[...])  # [B, T, H]
+        dt = self._dt(dt)
         g = -jnp.exp(self.A_log[...]) * dt
         x = common.split_heads(x, H)  # [B, T, H, P]
         shape = x.shape[:3] + (self.d_state,)

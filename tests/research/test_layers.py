@@ -346,6 +346,8 @@ def test_init_half_life_sets_the_initial_decay():
         layer = MIXER_CLASSES[mixer](tiny_cfg(mixer, init_half_life=10.0, **kw), rngs=nnx.Rngs(0))
         g = layer.log_decay(x)
         np.testing.assert_allclose(np.exp(10.0 * np.asarray(g)), 0.5, rtol=1e-4)
-    for mixer in ("gated_deltanet",):
+    for mixer in ("gated_deltanet", "mamba2"):  # zero input: softplus(dt_bias) = dt, as initialised
         layer = MIXER_CLASSES[mixer](tiny_cfg(mixer, init_half_life=10.0), rngs=nnx.Rngs(0))
         np.testing.assert_allclose(np.exp(10.0 * np.asarray(layer.log_decay(x))), 0.5, rtol=1e-4)
+    assert MIXER_CLASSES["deltanet"](tiny_cfg("deltanet"), rngs=nnx.Rngs(0)).log_decay(x) is None
+    assert MIXER_CLASSES["gla"](tiny_cfg("gla", decay="none"), rngs=nnx.Rngs(0)).log_decay(x) is None
