@@ -141,9 +141,12 @@ def gated_delta_rule_pallas(q, k, v, g, beta, *, scale, initial_state=None, segm
     rn = r.reshape(B, 1, N, C)
     to_end, dec = _chunk_end(gc.reshape(B, H, N, C), rn)
     kc = kh.reshape(G, N, C, Kp)
-    kd = kc * to_end.reshape(G, N, C, 1)
-    decay_k = None
-    if g is not None or segment_ids is not None:
+    decayed = g is not None or segment_ids is not None
+    kd, decay_k = kc, None  # ungated, unsegmented: to_end = dec = 1
+    if decayed:
+        # Key side of the state update, in k's dtype (bf16 halves the traffic of this operand).
+        kd = (kc.astype(F32) * to_end.reshape(G, N, C, 1)).astype(
+            wy.compute_dtype(k.dtype, v.dtype))
         decay_k = jnp.broadcast_to(dec.reshape(G, N, 1), (G, N, Kp))
     h0 = None
     if initial_state is not None:
