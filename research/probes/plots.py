@@ -34,17 +34,26 @@ def plot_lines(rows: Sequence[dict], x: str, y: str, path, group: str | None = N
                vline: float | None = None) -> pathlib.Path:
     """One line per value of `group` (or a single line) of `y` against `x`, points sorted by x.
 
-    Rows missing x or y (or with non-finite values) are skipped.
+    String x values are categories, spaced evenly in first-seen order. Rows missing x or y (or
+    with non-finite values) are skipped.
     """
     fig, ax = plt.subplots(figsize=(6, 4))
+    categorical = any(isinstance(r.get(x), str) for r in rows)
+    cats: list = []
+    if categorical:  # string x values (e.g. decay kinds): evenly spaced, in first-seen order
+        cats = list(dict.fromkeys(r[x] for r in rows if r.get(x) is not None))
+        logx = False
     groups: dict = {}
     for r in rows:
-        if _finite(r.get(x)) and _finite(r.get(y)):
-            groups.setdefault(r.get(group) if group else None, []).append((r[x], r[y]))
+        xv = cats.index(r[x]) if categorical and r.get(x) in cats else r.get(x)
+        if _finite(xv) and _finite(r.get(y)):
+            groups.setdefault(r.get(group) if group else None, []).append((xv, r[y]))
     for key in sorted(groups, key=str):
         pts = sorted(groups[key])
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
                 label=str(key) if group else None)
+    if categorical:
+        ax.set_xticks(range(len(cats)), [str(c) for c in cats])
     if logx:
         ax.set_xscale("log", base=2 if x in ("factor", "seq_len", "num_kv_pairs") else 10)
     if vline is not None:

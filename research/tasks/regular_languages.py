@@ -197,8 +197,9 @@ def dfa_metrics(logits: np.ndarray, legal: np.ndarray, eval_mask: np.ndarray) ->
     """Legality accuracy and total variation distance of next-letter predictions.
 
     Args:
-      logits: float [B, L, V] model outputs.
-      legal: bool [B, L, V] legal next letters (from `RegularLanguages.annotations`).
+      logits: float [B, L, V] model outputs (V >= 18; only the letter columns are read).
+      legal: bool [B, L, V'] legal next letters (from `RegularLanguages.annotations`; V' may
+        differ from V, only the first 18 columns are read).
       eval_mask: bool [B, L] positions to score.
 
     Returns {"accuracy": greedy letter is legal, "tvd": mean total variation distance between the
@@ -206,13 +207,15 @@ def dfa_metrics(logits: np.ndarray, legal: np.ndarray, eval_mask: np.ndarray) ->
     """
     logits = np.asarray(logits, dtype=np.float64)
     legal, eval_mask = np.asarray(legal, dtype=bool), np.asarray(eval_mask, dtype=bool)
-    if logits.ndim != 3 or legal.shape != logits.shape or eval_mask.shape != logits.shape[:2]:
+    if (logits.ndim != 3 or legal.ndim != 3 or legal.shape[:2] != logits.shape[:2]
+            or eval_mask.shape != logits.shape[:2]):
         raise ValueError(
-            "logits and legal must be [B, L, V] and eval_mask [B, L], got logits "
+            "logits must be [B, L, V], legal [B, L, V'] and eval_mask [B, L], got logits "
             f"{logits.shape}, legal {legal.shape}, eval_mask {eval_mask.shape}"
         )
-    if logits.shape[-1] < NUM_LETTERS:
-        raise ValueError(f"logits must have at least {NUM_LETTERS} classes, got {logits.shape}")
+    if logits.shape[-1] < NUM_LETTERS or legal.shape[-1] < NUM_LETTERS:
+        raise ValueError(f"logits and legal must have at least {NUM_LETTERS} classes, got "
+                         f"logits {logits.shape}, legal {legal.shape}")
     letters = logits[..., :NUM_LETTERS]
     legal = legal[..., :NUM_LETTERS]
     greedy = letters.argmax(-1)
