@@ -274,7 +274,8 @@ def wy_fwd(k, v, beta, gc, r, *, chunk_size: int, backend: _backend.Backend | No
         segment resets at or before each position (zeros without segments).
     Returns:
       w [B, H, T, K], u [B, H, T, V] (in k's dtype when k and v share a 16-bit float dtype, else
-      float32) and a [B, H, T, C] float32 (row i of a chunk's A).
+      float32) and a [B, H, T, C] in the same dtype (row i of a chunk's A; the solve itself is
+      float32, a is rounded only for storage).
     """
     _check(k, v, beta, gc, r, chunk_size)
     backend = resolve(backend)
@@ -286,7 +287,7 @@ def wy_fwd(k, v, beta, gc, r, *, chunk_size: int, backend: _backend.Backend | No
     out_shape = (
         jax.ShapeDtypeStruct((B, H, T, K), wdt),
         jax.ShapeDtypeStruct((B, H, T, V), wdt),
-        jax.ShapeDtypeStruct((B, H, T, C), f32),
+        jax.ShapeDtypeStruct((B, H, T, C), wdt),
     )
     return pl.pallas_call(
         functools.partial(_wy_fwd_kernel, tile=_tile_for(backend)),
