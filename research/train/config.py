@@ -527,6 +527,7 @@ def apply_overrides(config: Config, overrides: Sequence[str]) -> Config:
     value the field's validation rejects (naming the allowed range).
     """
     all_keys = valid_keys(config)
+    sections = {name: getattr(config, name) for name in SECTIONS}
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r} must look like section.field=value; valid keys: "
@@ -537,9 +538,12 @@ def apply_overrides(config: Config, overrides: Sequence[str]) -> Config:
         if len(path) < 2 or path[0] not in SECTIONS:
             raise ValueError(f"unknown config key {key!r}; keys start with one of {SECTIONS}; "
                              f"valid keys: {', '.join(all_keys)}")
-        config = _set_path(config, path, text.strip(), key, all_keys)
-        all_keys = valid_keys(config)
-    return config
+        # sections are validated one override at a time, the cross-section checks at the end
+        sections[path[0]] = _set_path(sections[path[0]], path[1:], text.strip(), key, all_keys)
+    try:
+        return Config(**sections)
+    except ValueError as e:
+        raise ValueError(f"bad overrides {list(overrides)}: {e}") from None
 
 
 # --------------------------------------------------------------------------------------------

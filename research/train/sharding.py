@@ -150,7 +150,7 @@ def param_shardings(abstract_params: Any, mesh: Mesh,
     from flax import nnx
 
     def one(var):
-        value = var.value if isinstance(var, nnx.Variable) else var
+        value = var.get_value() if isinstance(var, nnx.Variable) else var
         shape = tuple(value.shape)
         names = _variable_names(var)
         if names is not None and len(names) == len(shape):

@@ -196,7 +196,7 @@ def _make_steps(config: Config, setup: _Setup, example_batch: dict[str, np.ndarr
         new_state = {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1,
                      "rng": state["rng"]}
         metrics = {"loss": loss_sum / denom, "accuracy": correct / denom,
-                   "grad_norm": optax.global_norm(grads), "lr": schedule(state["step"]),
+                   "grad_norm": optax.tree.norm(grads), "lr": schedule(state["step"]),
                    "tokens": count}
         return new_state, metrics
 
@@ -312,8 +312,8 @@ def evaluate(eval_jit, params, rest, batches: list[dict[str, np.ndarray]], mesh)
 
 
 def run(config: Config, workdir: str | pathlib.Path | None = None, *, preset: str | None = None,
-        train_source: Any = None, eval_source: Any = None, verbose: bool = True
-        ) -> dict[str, Any]:
+        train_source: Any = None, eval_source: Any = None, verbose: bool = True,
+        _stop_after: int | None = None) -> dict[str, Any]:
     """Train `config` in `workdir` (resuming from its newest readable checkpoint).
 
     Args:
@@ -324,6 +324,8 @@ def run(config: Config, workdir: str | pathlib.Path | None = None, *, preset: st
         `config.data` names (each `source[i]` -> {"tokens", "targets", "loss_mask"[,
         "segment_ids"]}, arrays [L]).
       verbose: print where outputs go and a final line (process 0, stderr).
+      _stop_after: tests only: leave the loop after this step as if the process were killed
+        (no final evaluation or checkpoint beyond the periodic ones).
 
     Returns:
       A summary dict: "workdir", "config", "metrics", "tensorboard", "checkpoints" (paths),
@@ -485,6 +487,8 @@ def run(config: Config, workdir: str | pathlib.Path | None = None, *, preset: st
                 window_t0 = time.time()  # do not count the save in tokens/s
             if stop_now:
                 interrupted = stop.signal_name or "remote"
+                break
+            if _stop_after is not None and step >= _stop_after:
                 break
         writer.flush()
         checkpointer.wait()

@@ -1,0 +1,127 @@
+"""`research.train.run` end to end on a tiny config: outputs, resume, fallback, divergence."""
+
+import json
+import math
+import os
+import pathlib
+import warnings
+
+import pytest
+
+import research.train as rt
+
+
+def tiny(*overrides):
+    return rt.get_preset("test-tiny").override(*overrides)
+
+
+def rel(a, b):
+    return abs(a - b) / max(abs(b), 1e-12)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted 12-step run of test-tiny: its summary."""
+    return rt.run(tiny(), tmp_path_factory.mktemp("ref") / "run", verbose=False)
+
+
+def test_run_writes_its_outputs(reference):
+    wd = pathlib.Path(reference["workdir"])
+    cfg = json.loads((wd / "config.json").read_text())
+    assert cfg["model"]["mixer"] == "gla" and cfg["train"]["steps"] == 12
+    records = rt.read_metrics(wd)
+    losses = [r["train/loss"] for r in records if "train/loss" in r]
+    assert [r["step"] for r in records if "train/loss" in r] == list(range(1, 13))
+    assert all(math.isfinite(x) for x in losses)
+    assert any("eval/accuracy" in r and r["step"] == 12 for r in records)
+    assert any(p.name.startswith("events.out.tfevents") for p in (wd / "tensorboard").iterdir())
+    assert rt.Checkpointer(wd / "checkpoints").all_steps() == [4, 8, 12]
+    assert reference["step"] == 12 and reference["final_loss"] == losses[-1]
+    assert 0.0 <= reference["eval/accuracy"] <= 1.0
+    assert json.loads((wd / "summary.json").read_text())["step"] == 12
+
+
+def test_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path, reference):
+    first = rt.run(tiny("train.steps=8"), tmp_path / "run", verbose=False)
+    assert first["step"] == 8 and first["resumed_from"] is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # train.steps differs from the saved config
+        second = rt.run(tiny(), tmp_path / "run", verbose=False)
+    assert second["resumed_from"] == 8 and second["step"] == 12
+    # the schedule depends on train.steps, so compare runs with the same steps only
+    third = rt.run(tiny(), tmp_path / "run", verbose=False)
+    assert third["resumed_from"] == 12 and third["step"] == 12
+
+
+def test_killed_before_the_end_resumes_to_the_same_loss(tmp_path, reference):
+    # a run stopped after step 8 (as if killed) then restarted with the same config
+    cfg = tiny()
+    partial = rt.run(cfg, tmp_path / "run", verbose=False, _stop_after=8)
+    assert partial["step"] == 8
+    resumed = rt.run(cfg, tmp_path / "run", verbose=False)
+    assert resumed["resumed_from"] == 8
+    assert rel(resumed["final_loss"], reference["final_loss"]) < 1e-6
+    steps = [r["step"] for r in rt.read_metrics(tmp_path / "run") if "train/loss" in r]
+    assert steps == list(range(1, 13))  # no duplicated records
+
+
+def test_corrupted_newest_checkpoint_falls_back_with_a_warning(tmp_path, reference):
+    cfg = tiny()
+    rt.run(cfg, tmp_path / "run", verbose=False, _stop_after=8)
+    newest = tmp_path / "run" / "checkpoints" / "8" / "state"
+    for root, _, files in os.walk(newest):
+        for f in files:
+            pathlib.Path(root, f).write_bytes(os.urandom(64))
+    with pytest.warns(rt.CheckpointWarning, match="falling back to step 4"):
+        resumed = rt.run(cfg, tmp_path / "run", verbose=False)
+    assert resumed["resumed_from"] == 4 and resumed["step"] == 12
+    assert rel(resumed["final_loss"], reference["final_loss"]) < 1e-6
+    assert (tmp_path / "run" / "checkpoints" / "unreadable" / "8-0").is_dir()
+
+
+def test_half_written_checkpoint_is_ignored(tmp_path):
+    ckpt = rt.Checkpointer(tmp_path / "ckpts")
+    (tmp_path / "ckpts" / "12.orbax-checkpoint-tmp-1234").mkdir()
+    assert ckpt.all_steps() == [] and ckpt.latest_step() is None
+    ckpt.close()
+
+
+def test_nan_loss_stops_and_names_step_and_checkpoint(tmp_path):
+    cfg = tiny("optimizer.lr=1e30", "optimizer.schedule=constant", "optimizer.warmup_steps=0",
+               "optimizer.clip_norm=0", "checkpoint.every=1", "train.log_every=1")
+    with pytest.raises(rt.TrainingDiverged, match=r"at step (\d+).*Last good checkpoint: .*step"):
+        rt.run(cfg, tmp_path / "run", verbose=False)
+
+
+def test_grad_accumulation_and_bf16(tmp_path):
+    base = rt.run(tiny("train.steps=3", "optimizer.warmup_steps=1"), tmp_path / "a",
+                  verbose=False)
+    accum = rt.run(tiny("train.steps=3", "optimizer.warmup_steps=1", "optimizer.grad_accum=2"),
+                   tmp_path / "b", verbose=False)
+    assert rel(accum["final_loss"], base["final_loss"]) < 1e-5
+    half = rt.run(tiny("train.steps=3", "optimizer.warmup_steps=1",
+                       "train.compute_dtype=bfloat16"), tmp_path / "c", verbose=False)
+    assert math.isfinite(half["final_loss"])
+    assert abs(half["final_loss"] - base["final_loss"]) < 0.1
+
+
+def test_restore_model_gives_the_trained_parameters(reference):
+    import numpy as np
+    from flax import nnx
+
+    from research.tasks import MQAR
+    model, cfg, step = rt.restore_model(reference["workdir"])
+    assert step == 12 and cfg.model.mixer == "gla"
+    ev = MQAR(**cfg.data.task_args, seed=cfg.train.seed + 1_000_003, num_examples=8)
+    logits = model(ev.batch(range(8))["tokens"])
+    assert logits.shape == (8, 16, 32) and np.isfinite(np.asarray(logits)).all()
+    assert isinstance(model, nnx.Module)
+
+
+def test_bad_mesh_and_batch_errors(tmp_path):
+    with pytest.raises(ValueError, match="mesh"):
+        rt.run(tiny("mesh.fsdp=3"), tmp_path / "a", verbose=False)
+    with pytest.raises(ValueError, match="grad_accum"):
+        rt.run(tiny("optimizer.grad_accum=3"), tmp_path / "b", verbose=False)
+    with pytest.raises(ValueError, match="vocab"):
+        rt.run(tiny("model.vocab_size=16"), tmp_path / "c", verbose=False)
