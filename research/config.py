@@ -32,6 +32,7 @@ DECAYS = ("none", "fixed", "scalar", "vector")
 FEATURE_MAPS = ("identity", "elu", "relu", "silu", "swish", "softmax", "taylor")
 QK_NORMS = ("l2", "none")
 IMPLS = ("auto", "reference", "xla", "pallas")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 DTYPES = ("float32", "bfloat16")
 
 # Defaults per mixer for the fields left at None (FLA's layer defaults unless noted).
@@ -88,6 +89,8 @@ class ModelConfig:
       norm_eps, init_std: RMSNorm epsilon, std of the normal initialisers.
       dtype: compute dtype ("float32" or "bfloat16"); parameters stay float32.
       impl, chunk_size: passed to the `pallas_kernels` ops.
+      attention_impl: `jax.nn.dot_product_attention`'s implementation for the full causal pass:
+        "auto" picks "cudnn" on GPU for bf16 compute and head dims that cuDNN takes, else "xla".
     """
 
     mixer: str = "gla"
@@ -125,6 +128,7 @@ class ModelConfig:
     dtype: str = "float32"
     impl: str = "auto"
     chunk_size: int = 64
+    attention_impl: str = "auto"
 
     def __post_init__(self):
         if isinstance(self.layer_pattern, list):
@@ -180,6 +184,8 @@ class ModelConfig:
             self._fail("dtype", f"must be one of {DTYPES}")
         if self.impl not in IMPLS:
             self._fail("impl", f"must be one of {IMPLS}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            self._fail("attention_impl", f"must be one of {ATTENTION_IMPLS}")
         for name in ("tie_embeddings", "use_beta"):
             if not isinstance(getattr(self, name), bool):
                 self._fail(name, "must be a bool")

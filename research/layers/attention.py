@@ -1,5 +1,6 @@
 """Softmax attention (causal, RoPE) and its sliding-window variant, through
-`jax.nn.dot_product_attention` (cuDNN on GPU when it supports the call, XLA otherwise).
+`jax.nn.dot_product_attention` (cuDNN on GPU for bf16 unpacked full passes, XLA otherwise; see
+`ModelConfig.attention_impl`).
 
     q, k, v = conv(x W_q), conv(x W_k), conv(x W_v)      [B, T, H, K]   (conv only if conv_size > 0)
     q, k = rope(q), rope(k)
@@ -90,7 +91,8 @@ class Attention(nnx.Module):
             if segment_ids is None:
                 window = None if self.window is None else (self.window - 1, 0)
                 o = jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True,
-                                                 local_window_size=window)
+                                                 local_window_size=window,
+                                                 implementation=self._implementation(q))
             else:
                 mask = self._mask(qpos, qpos) & (segment_ids[:, :, None] == segment_ids[:, None, :])
                 o = jax.nn.dot_product_attention(q, k, v, scale=scale, mask=mask[:, None])
@@ -107,6 +109,15 @@ class Attention(nnx.Module):
         if self.use_output_gate:
             o = o * jax.nn.silu(self.g_proj(x))
         return self.o_proj(o), new_cache
+
+    def _implementation(self, q) -> str:
+        """"cudnn" or "xla" for the causal full pass (see ModelConfig.attention_impl)."""
+        impl = self.cfg.attention_impl
+        if impl != "auto":
+            return impl
+        ok = (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
+              and self.head_k == self.head_v and self.head_k % 8 == 0 and self.head_k <= 128)
+        return "cudnn" if ok else "xla"
 
     def _mask(self, qpos, kpos):
         """[Tq, Tk] bool: key j visible from query i (causal, within the window)."""

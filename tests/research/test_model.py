@@ -120,6 +120,7 @@ def test_layer_pattern_and_attention_layers():
     (dict(chunk_size=48), "chunk_size"),
     (dict(conv_size=-1), "conv_size"),
     (dict(impl="cuda"), "impl"),
+    (dict(attention_impl="flash"), "attention_impl"),
     (dict(dtype="float16"), "dtype"),
     (dict(init_half_life=0.0), "init_half_life"),
     (dict(gate_logit_normalizer=-1.0), "gate_logit_normalizer"),
