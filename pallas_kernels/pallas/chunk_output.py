@@ -123,46 +123,59 @@ def _scalar_bwd(r, C, decayed, seg):
 # sub-chunks are exact: a loop over their c key positions.
 
 class _Blk:
-    """Static views of sub-chunk `a` (positions a*c .. a*c + c - 1) of the kernel's refs."""
+    """Sub-chunk `a` (positions a*c .. a*c + c - 1) of the kernel's refs.
 
-    def __init__(self, r, a, c, seg):
+    `row(name, j)` is position j of the sub-chunk as a [1, D] row. Triton reads it from the ref
+    at a dynamic offset; the TPU flavour extracts it from the loaded sub-chunk with a one-hot
+    sum, so that Mosaic never sees a dynamic (or unaligned) single-row load of packed data.
+    """
+
+    def __init__(self, r, a, c, seg, tpu):
         self.sl = pl.ds(a * c, c)
-        self.end = a * c + c - 1
-        self.r, self.c, self.seg = r, c, seg
+        self.start, self.end = a * c, a * c + c - 1
+        self.r, self.c, self.seg, self.tpu = r, c, seg, tpu
+        self.tcol = lax.broadcasted_iota(jnp.int32, (c, 1), 0)
 
     def load(self, name, dtype=None):
         x = self.r[name][self.sl, :]
         return x if dtype is None else x.astype(dtype)
 
+    def row(self, name, j):
+        if not self.tpu:
+            x = _row(self.r[name], self.start + j)
+            return x if x.dtype == jnp.int32 else x.astype(F32)
+        x = self.load(name)
+        x = x if x.dtype == jnp.int32 else x.astype(F32)
+        return jnp.sum(jnp.where(self.tcol == j, x, 0), axis=0, keepdims=True)
+
     def r_end(self):
         """Cumulative log gate at the sub-chunk's last position, [1, D]."""
-        return _row(self.r["b"], self.end)
+        return self.row("b", self.c - 1)
 
     def same_as_end(self, other):
         """[c, 1] mask: the positions of `self` lie in the segment of `other`'s last position."""
         if not self.seg:
             return None
-        return self.r["rcol"][self.sl, :] == _row(self.r["rcol"], other.end)
+        return self.load("rcol") == other.row("rcol", other.c - 1)
 
 
 def _mask_mul(x, m):
-    return x if m is None else jnp.where(m, x, 0.0)
+    return x if m is None else x * m.astype(F32)
 
 
-def _diag_masks(blk, j, tcol):
+def _diag_masks(blk, j):
     """Column j of the diagonal sub-chunk: [c, 1] mask of positions i >= j in j's segment."""
-    m = tcol >= j
+    m = blk.tcol >= j
     if blk.seg:
-        m = jnp.logical_and(m, blk.r["rcol"][blk.sl, :] == _row(blk.r["rcol"], blk.sl.start + j))
-    return m
+        m = jnp.logical_and(m, blk.load("rcol") == blk.row("rcol", j))
+    return m.astype(F32)
 
 
-def _channel_fwd(r, mode, C, c, seg):
+def _channel_fwd(r, mode, C, c, seg, tpu):
     S = C // c
     cdt = _cdt(r["q"], r["k"], r["v"])
     h = r["h"][...].astype(cdt)
-    blks = [_Blk(r, a, c, seg) for a in range(S)]
-    tcol = lax.broadcasted_iota(jnp.int32, (c, 1), 0)
+    blks = [_Blk(r, a, c, seg, tpu) for a in range(S)]
     # key side of every sub-chunk, relative to its own end (key mode: k; value mode: v)
     side = "k" if mode == "key" else "v"
     ref_side = []
@@ -189,27 +202,23 @@ def _channel_fwd(r, mode, C, c, seg):
                 o = o + e_q * mm(P.astype(cdt), ref_side[bi])
 
         def body(j, o, ba=ba, qa=qa, b_a=b_a):
-            t = ba.sl.start + j
-            ks = _row(r["k"], t).astype(F32)
-            vs = _row(r["v"], t).astype(F32)
-            E = jnp.exp(jnp.minimum(b_a - _row(r["b"], t), 0.0))
-            m = _diag_masks(ba, j, tcol)
+            ks, vs = ba.row("k", j), ba.row("v", j)
+            E = jnp.exp(jnp.minimum(b_a - ba.row("b", j), 0.0))
+            m = _diag_masks(ba, j)
             if mode == "key":
-                a_col = jnp.where(m, jnp.sum(qa * ks * E, axis=1, keepdims=True), 0.0)
-                return o + a_col * vs
-            col = jnp.where(m, jnp.sum(qa * ks, axis=1, keepdims=True), 0.0)
-            return o + col * vs * E
+                return o + (m * jnp.sum(qa * ks * E, axis=1, keepdims=True)) * vs
+            return o + (m * jnp.sum(qa * ks, axis=1, keepdims=True)) * vs * E
 
         r["o"][ba.sl, :] = lax.fori_loop(0, c, body, o)
 
 
-def _channel_bwd(r, mode, C, c, seg):
+def _channel_bwd(r, mode, C, c, seg, tpu):
     S = C // c
     cdt = _cdt(r["q"], r["k"], r["v"])
     hf = r["h"][...]
     h = hf.astype(cdt)
     K, V = r["q"].shape[-1], r["v"].shape[-1]
-    blks = [_Blk(r, a, c, seg) for a in range(S)]
+    blks = [_Blk(r, a, c, seg, tpu) for a in range(S)]
     tcol = lax.broadcasted_iota(jnp.int32, (c, 1), 0)
     side = "k" if mode == "key" else "v"
     e_side, ref_side = [], []
@@ -261,25 +270,23 @@ def _channel_bwd(r, mode, C, c, seg):
 
         def body(j, acc, ba=ba, qa=qa, b_a=b_a, do=do):
             dq_a, dk_a, dv_a, o_a = acc
-            t = ba.sl.start + j
-            ks = _row(r["k"], t).astype(F32)
-            vs = _row(r["v"], t).astype(F32)
-            m = _diag_masks(ba, j, tcol)
+            ks, vs = ba.row("k", j), ba.row("v", j)
+            m = _diag_masks(ba, j)
             one = (tcol == j).astype(F32)
             if mode == "key":
-                E = jnp.where(m, jnp.exp(jnp.minimum(b_a - _row(r["b"], t), 0.0)), 0.0)
+                E = m * jnp.exp(jnp.minimum(b_a - ba.row("b", j), 0.0))
                 qE = qa * E
                 a_col = jnp.sum(qE * ks, axis=1, keepdims=True)
-                dA = jnp.where(m, jnp.sum(do * vs, axis=1, keepdims=True), 0.0)
+                dA = m * jnp.sum(do * vs, axis=1, keepdims=True)
                 dv_a = dv_a + one * jnp.sum(a_col * do, axis=0, keepdims=True)
                 dk_a = dk_a + one * jnp.sum(dA * qE, axis=0, keepdims=True)
                 dq_a = dq_a + dA * ks * E
                 return dq_a, dk_a, dv_a, o_a
-            F = jnp.exp(jnp.minimum(b_a - _row(r["b"], t), 0.0))
-            col = jnp.where(m, jnp.sum(qa * ks, axis=1, keepdims=True), 0.0)
+            F = jnp.exp(jnp.minimum(b_a - ba.row("b", j), 0.0))
+            col = m * jnp.sum(qa * ks, axis=1, keepdims=True)
             vF = vs * F
             o_a = o_a + col * vF
-            dP = jnp.where(m, jnp.sum(do * vF, axis=1, keepdims=True), 0.0)
+            dP = m * jnp.sum(do * vF, axis=1, keepdims=True)
             dv_a = dv_a + one * jnp.sum(col * do * F, axis=0, keepdims=True)
             dk_a = dk_a + one * jnp.sum(dP * qa, axis=0, keepdims=True)
             dq_a = dq_a + dP * ks
@@ -303,20 +310,20 @@ def _channel_bwd(r, mode, C, c, seg):
     r["dh"][...] = dh
 
 
-def _fwd_kernel(*refs, flags, mode, decayed, seg, C, c):
+def _fwd_kernel(*refs, flags, mode, decayed, seg, C, c, tpu):
     r = _unpack(refs, flags)
     if mode == "scalar":
         _scalar_fwd(r, C, decayed, seg)
     else:
-        _channel_fwd(r, mode, C, c, seg)
+        _channel_fwd(r, mode, C, c, seg, tpu)
 
 
-def _bwd_kernel(*refs, flags, mode, decayed, seg, C, c):
+def _bwd_kernel(*refs, flags, mode, decayed, seg, C, c, tpu):
     r = _unpack(refs, flags)
     if mode == "scalar":
         _scalar_bwd(r, C, decayed, seg)
     else:
-        _channel_bwd(r, mode, C, c, seg)
+        _channel_bwd(r, mode, C, c, seg, tpu)
 
 
 def _operands(mode, q, k, v, h, b, segments, heads):
@@ -380,7 +387,7 @@ def _fwd(backend, mode, heads, q, k, v, h, b, segments):
     outs = [("o", (G, N, C, V), F32, (C, V))]
     (o,) = _call(_fwd_kernel, backend, items, outs, (G, N), "chunk_output_fwd", mode=mode,
                  decayed=b is not None, seg=segments is not None, C=C, c=min(SUB_CHUNK, C),
-                 heads=heads)
+                 tpu=backend.kind == "tpu", heads=heads)
     return o
 
 
@@ -396,7 +403,7 @@ def _bwd(backend, mode, heads, q, k, v, h, b, segments, do):
         outs.append(("db", (G, N) + bshape, F32, bshape))
     res = _call(_bwd_kernel, backend, items, outs, (G, N), "chunk_output_bwd", mode=mode,
                 decayed=b is not None, seg=segments is not None, C=C, c=min(SUB_CHUNK, C),
-                heads=heads)
+                tpu=backend.kind == "tpu", heads=heads)
     dq, dk, dv, dh = res[:4]
     db = None if b is None else res[4].reshape(b.shape)
     return dq, dk, dv, dh, db
