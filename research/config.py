@@ -196,7 +196,13 @@ class ModelConfig:
                 self._fail("attention_layers", f"entries must be layer indices in [0, {self.n_layers})")
         if self.d_model % self.n_heads:
             self._fail("n_heads", f"must divide d_model={self.d_model}")
-        for mixer in sorted(set(self.layer_mixers())):
+        used = set(self.layer_mixers())
+        if self.decay is not None and "gla" not in used:
+            self._fail("decay", f"only the gla mixer has a decay knob (retnet's is fixed, "
+                                f"linear_attention has none); layers use {sorted(used)}")
+        if self.gate_logit_normalizer is not None and not used & {"gla", "gsa"}:
+            self._fail("gate_logit_normalizer", f"only gla and gsa use it; layers use {sorted(used)}")
+        for mixer in sorted(used):
             self.head_dims(mixer)  # raises on widths that do not split over the heads
             if self.feature_map == "taylor" and (
                 mixer == "hgrn2" or (mixer == "gla" and self.knob(mixer, "decay") == "vector")

@@ -18,6 +18,7 @@ from research.config import ModelConfig
 
 
 def compute_dtype(cfg: ModelConfig):
+    """The jnp dtype of activations and matmuls for `cfg.dtype`."""
     return jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
 
 
@@ -67,6 +68,7 @@ class ShortConv(nnx.Module):
         )
 
     def init_cache(self, batch_size: int, channels: int, dtype=jnp.float32):
+        """Zeros [B, W-1, C]: the inputs before t = 0."""
         return jnp.zeros((batch_size, self.width - 1, channels), dtype)
 
     def __call__(self, x, *, segment_ids=None, cache=None):
@@ -137,6 +139,7 @@ def feature_map_after_conv(name: str, x, conv):
 
 
 def l2_normalize(x, eps: float = 1e-6):
+    """x / sqrt(sum(x^2) + eps) over the last axis, computed in float32."""
     x32 = x.astype(jnp.float32)
     return (x32 * jax.lax.rsqrt(jnp.sum(x32 * x32, -1, keepdims=True) + eps)).astype(x.dtype)
 
@@ -155,6 +158,7 @@ def retnet_log_decay(n_heads: int, half_life: float | None = None) -> np.ndarray
 
 
 def next_pow2(n: int) -> int:
+    """The smallest power of two >= n (n >= 1)."""
     return 1 << max(0, (n - 1).bit_length())
 
 

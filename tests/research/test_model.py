@@ -115,6 +115,8 @@ def test_layer_pattern_and_attention_layers():
     (dict(attention_layers=(7,)), "attention_layers"),
     (dict(expand_k=0.3), "expand_k"),
     (dict(decay="exponential"), "decay"),
+    (dict(mixer="deltanet", decay="scalar"), "decay"),
+    (dict(mixer="mamba2", gate_logit_normalizer=4.0), "gate_logit_normalizer"),
     (dict(feature_map="cosine"), "feature_map"),
     (dict(feature_map="taylor"), "feature_map"),
     (dict(chunk_size=48), "chunk_size"),
