@@ -103,13 +103,19 @@ def _step_bwd(dS, S, kd, vd, dk, dv, w, dstate, dvnew):
     """Reverse of one chunk. dS = dL/dS_n (f32 [K, V]), S = S_{n-1}. Returns
     (dS_{n-1}, dkd [C, K], dvd [C, V], ddk [K, 1] | None, ddv [1, V] | None, dw [C, K] | None),
     all float32; dstate [K, V] is the cotangent of the emitted S_{n-1}, dvnew [C, V] that of u_n."""
-    u = vd.astype(F32)
-    if w is not None:
-        u = u - mm(w, S)
-    dU = mm(kd, dS)                                   # [C, V]
+    if w is None:
+        # Without the delta-rule correction, bf16 data keeps the matmuls in bf16 (f32 accumulation;
+        # the running dS stays f32): tensor cores on GPU, the MXU's native rate on TPU.
+        lowp = kd.dtype == vd.dtype and kd.dtype != F32
+        u = vd if lowp else vd.astype(F32)
+        dSm = dS.astype(kd.dtype) if lowp else dS
+    else:
+        u = vd.astype(F32) - mm(w, S)
+        dSm = dS
+    dU = mm(kd, dSm)                                  # [C, V]
     if dvnew is not None:
         dU = dU + dvnew.astype(F32)
-    dkd = mm_nt(u, dS)                                # [C, K]
+    dkd = mm_nt(u, dSm)                               # [C, K]
     D = None
     if dk is not None:
         D = dk

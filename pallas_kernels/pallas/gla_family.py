@@ -204,6 +204,9 @@ def supports_reason(op, q, k, v, *gates, chunk_size: int) -> str | None:
         for name, d in dims.items():
             if d < 16 or d & (d - 1):
                 return f"Triton kernels need power-of-two head dims >= 16, got {name}={d}"
+            if d > 128:
+                # The reverse state pass holds the whole K x V state of a head in registers.
+                return f"Triton kernels take head dims <= 128, got {name}={d}"
         if chunk_size < 16 or chunk_size > 128:
             return f"Triton kernels need 16 <= chunk_size <= 128, got {chunk_size}"
     else:

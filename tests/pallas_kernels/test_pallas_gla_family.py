@@ -194,5 +194,10 @@ def test_supports_reports_reasons(flavour):
         odd = jnp.zeros((1, 8, 1, 48))
         assert "power-of-two" in sup(odd, odd, v, g, chunk_size=16)
         assert "chunk_size" in sup(q, q, v, g, chunk_size=8)
+        wide = jnp.zeros((1, 8, 1, 256))
+        assert "<= 128" in sup(wide, wide, v, g, chunk_size=16)
+    else:
+        wide = jnp.zeros((1, 8, 1, 256))
+        assert sup(wide, wide, v, g, chunk_size=16) is None
     with pytest.raises(ValueError, match="cannot run simple_gla"):
         pallas_kernels.simple_gla(big, big, v, g, impl="pallas")
