@@ -83,7 +83,7 @@ class LanguageModel(nnx.Module):
             for block in self.blocks:
                 x, _ = block(x, segment_ids=segment_ids)
             return self._logits(x)
-        self._check_cache(cache, B)
+        self._check_cache(cache, B, T)
         pos = cache["pos"]
         new_layers = []
         for block, layer_cache in zip(self.blocks, cache["layers"]):
@@ -99,12 +99,20 @@ class LanguageModel(nnx.Module):
             logits = self.lm_head(x)
         return logits.astype(jnp.float32)
 
-    def _check_cache(self, cache, batch_size: int) -> None:
+    def _check_cache(self, cache, batch_size: int, n_new: int) -> None:
         if not isinstance(cache, dict) or set(cache) != {"pos", "layers"} or len(cache["layers"]) != len(self.blocks):
             raise ValueError("cache must come from model.init_cache(batch_size, max_length)")
         leaves = jax.tree.leaves(cache["layers"])
         if leaves and leaves[0].shape[0] != batch_size:
             raise ValueError(f"cache was made for batch_size={leaves[0].shape[0]}, tokens have batch {batch_size}")
+        try:  # a concrete position (outside jit) is checked against global attention's cache length
+            pos = int(cache["pos"])
+        except Exception:
+            return
+        for block, layer in zip(self.blocks, cache["layers"]):
+            if block.mixer_name == "attention" and pos + n_new > layer["k"].shape[1]:
+                raise ValueError(f"cache holds max_length={layer['k'].shape[1]} positions; {pos} are "
+                                 f"used and tokens add {n_new}: make the cache with a larger max_length")
 
     # ------------------------------------------------------------------ decode cache, sizes
     def init_cache(self, batch_size: int, max_length: int):

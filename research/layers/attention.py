@@ -7,7 +7,8 @@
     o_i = sum_{j <= i, i - j < window, same segment} softmax_j(q_i . k_j / sqrt(K)) v_j
     y = W_o o
 
-Decode cache: keys and values [B, max_length, H, K] written at the running position.
+Decode cache: keys and values [B, max_length, H, K] written at the running position (global), or
+the last window_size positions' keys and values (sliding window).
 """
 
 from __future__ import annotations
@@ -65,17 +66,23 @@ class Attention(nnx.Module):
         return self.n_heads * (self.head_k + self.head_v) * length
 
     def init_cache(self, batch_size: int, max_length: int):
-        """{"k": [B, S, H, K], "v": [B, S, H, V], "conv": [B, W-1, 2HK+HV] (if conv)}, S = max_length."""
+        """{"k": [B, S, H, K], "v": [B, S, H, V], "conv": [B, W-1, 2HK+HV] (if conv)}, zeros.
+
+        Global attention: S = max_length, written at the running position. Sliding window:
+        S = window_size, the keys and values of the last S positions (a shifting buffer), so the
+        cache does not grow with max_length.
+        """
         H, dt = self.n_heads, common.compute_dtype(self.cfg)
-        cache = {"k": jnp.zeros((batch_size, max_length, H, self.head_k), dt),
-                 "v": jnp.zeros((batch_size, max_length, H, self.head_v), dt)}
+        S = max_length if self.window is None else self.window
+        cache = {"k": jnp.zeros((batch_size, S, H, self.head_k), dt),
+                 "v": jnp.zeros((batch_size, S, H, self.head_v), dt)}
         if self.conv is not None:
             cache["conv"] = self.conv.init_cache(batch_size, H * (2 * self.head_k + self.head_v))
         return cache
 
     def __call__(self, x, *, segment_ids=None, cache=None, pos=None):
         """x: [B, T, D]; segment_ids: [B, T] or None; cache: from init_cache (with pos, the number
-        of tokens already in it) or None."""
+        of tokens already fed through it) or None."""
         H = self.n_heads
         B, T, _ = x.shape
         (q, k, v), conv_cache = common.conv_parts(
@@ -97,12 +104,21 @@ class Attention(nnx.Module):
                 mask = self._mask(qpos, qpos) & (segment_ids[:, :, None] == segment_ids[:, None, :])
                 o = jax.nn.dot_product_attention(q, k, v, scale=scale, mask=mask[:, None])
         else:
-            kc = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, pos, 0, 0))
-            vc = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, pos, 0, 0))
-            mask = self._mask(qpos, jnp.arange(kc.shape[1]))
-            o = jax.nn.dot_product_attention(q, kc.astype(q.dtype), vc.astype(q.dtype), scale=scale,
-                                             mask=mask[None, None])
-            new_cache = {"k": kc, "v": vc}
+            dt = cache["k"].dtype
+            if self.window is None:  # write at pos; keys at positions 0 .. S-1
+                kc = jax.lax.dynamic_update_slice(cache["k"], k.astype(dt), (0, pos, 0, 0))
+                vc = jax.lax.dynamic_update_slice(cache["v"], v.astype(dt), (0, pos, 0, 0))
+                keys, values, kpos = kc, vc, jnp.arange(kc.shape[1])
+                new_cache = {"k": kc, "v": vc}
+            else:  # buffer of positions pos-S .. pos-1, then this chunk; keep the last S
+                S = cache["k"].shape[1]
+                keys = jnp.concatenate([cache["k"], k.astype(dt)], axis=1)
+                values = jnp.concatenate([cache["v"], v.astype(dt)], axis=1)
+                kpos = pos - S + jnp.arange(S + T)
+                new_cache = {"k": keys[:, -S:], "v": values[:, -S:]}
+            mask = self._mask(qpos, kpos) & (kpos >= 0)[None, :]
+            o = jax.nn.dot_product_attention(q, keys.astype(q.dtype), values.astype(q.dtype),
+                                             scale=scale, mask=mask[None, None])
             if conv_cache is not None:
                 new_cache["conv"] = conv_cache
         o = common.merge_heads(o)

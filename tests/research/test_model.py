@@ -94,6 +94,12 @@ def test_gradients_reach_every_parameter(name, kw):
         assert np.any(g != 0), f"all-zero gradient for {'.'.join(map(str, path))}"
 
 
+def test_sliding_window_cache_does_not_grow_with_max_length():
+    model = research.LanguageModel(tiny("sliding_window_attention", n_layers=1), rngs=nnx.Rngs(0))
+    cache = model.init_cache(batch_size=B, max_length=1000)
+    assert cache["layers"][0]["k"].shape == (B, 6, 2, 16)
+
+
 def test_layer_pattern_and_attention_layers():
     cfg = tiny(layer_pattern=("deltanet", "sliding_window_attention"), n_layers=5, attention_layers=(4,))
     assert cfg.layer_mixers() == ("deltanet", "sliding_window_attention", "deltanet",
@@ -148,6 +154,9 @@ def test_bad_calls_are_value_errors():
         model(tokens, cache=model.init_cache(B + 1, 8))
     with pytest.raises(ValueError, match="max_length"):
         model.init_cache(B, 0)
+    attn = research.LanguageModel(tiny("attention", n_layers=1), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="max_length=3"):
+        attn(tokens, cache=attn.init_cache(B, 3))
     with pytest.raises(ValueError, match="config"):
         research.LanguageModel(dict(mixer="gla"), rngs=nnx.Rngs(0))
 
