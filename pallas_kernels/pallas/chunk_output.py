@@ -375,7 +375,9 @@ def _call(kernel, backend, items, outs, grid, name, **kw):
         grid=grid,
         in_specs=[_spec(blk, kind, heads) for _, _, blk, kind in items],
         out_specs=[_spec(blk, "g", heads) for _, _, _, blk in outs],
-        compiler_params=_backend.compiler_params(backend, ("parallel", "parallel")),
+        # Per-channel gates keep several sub-chunk accumulators live: more warps, fewer spills.
+        compiler_params=_backend.compiler_params(
+            backend, ("parallel", "parallel"), num_warps=4 if kw["mode"] == "scalar" else 8),
         interpret=backend.interpret, name=name,
     )(*[x for _, x, _, _ in items])
 
