@@ -8,6 +8,18 @@ A kernel module registers itself with `register(op, fn, supports)`:
   float32 (a tuple for gsa; anything when `output_final_state` is False).
 - `supports(q, k, v, *gates, chunk_size) -> str | None`: None when the kernel handles the call on
   the current backend, else the reason it does not (`impl="auto"` then falls back to xla).
+
+Modules (DESIGN.md §3):
+- `_backend`: which flavour the kernels are traced for ("tpu": Mosaic TPU, chunk axis "arbitrary",
+  state in VMEM scratch; "triton": the GPU lowering, chunk loop inside the kernel) and how they run
+  (compiled, or interpret mode on CPU). `use_backend("tpu" | "triton")` or the environment variable
+  `CHUNKWISE_PALLAS_BACKEND` picks it; see that module.
+- `chunk_state`: the shared inter-chunk state pass (stage 3) with its reverse pass; optional
+  delta-rule correction `w`.
+- `chunk_output`: the shared intra-chunk scores + output stage (stages 2 and 4) and its backward,
+  for a scalar gate, per-key-channel gates and per-value-channel gates.
+- `gla_family`: linear_attention, simple_gla, gla, gsa on those stages.
+- `delta`, `wy`: delta_rule, gated_delta_rule (WY stage, then the shared stages).
 """
 
 from __future__ import annotations

@@ -201,3 +201,20 @@ def test_supports_reports_reasons(flavour):
         assert sup(wide, wide, v, g, chunk_size=16) is None
     with pytest.raises(ValueError, match="cannot run simple_gla"):
         pallas_kernels.simple_gla(big, big, v, g, impl="pallas")
+
+
+def test_backend_selection(monkeypatch):
+    monkeypatch.delenv("CHUNKWISE_PALLAS_BACKEND", raising=False)
+    assert _backend.current() == _backend.Backend("triton", True)  # CPU default: interpreter
+    monkeypatch.setenv("CHUNKWISE_PALLAS_BACKEND", "tpu")
+    cur = _backend.current()
+    assert cur.kind == "tpu" and not cur.interpret.detect_races
+    with _backend.use_backend("triton") as b:
+        assert _backend.current() is b and b.interpret is True
+    assert _backend.current().kind == "tpu"
+    monkeypatch.setenv("CHUNKWISE_PALLAS_BACKEND", "cuda")
+    with pytest.raises(ValueError, match="CHUNKWISE_PALLAS_BACKEND"):
+        _backend.current()
+    with pytest.raises(ValueError, match="backend kind"):
+        with _backend.use_backend("gpu"):
+            pass
