@@ -88,6 +88,7 @@ class ModelConfig:
       rope_theta: RoPE base for the attention mixers.
       norm_eps, init_std: RMSNorm epsilon, std of the normal initialisers.
       dtype: compute dtype ("float32" or "bfloat16"); parameters stay float32.
+      remat: recompute each block's activations in the backward pass (nnx.remat) to save memory.
       impl, chunk_size: passed to the `pallas_kernels` ops.
       attention_impl: `jax.nn.dot_product_attention`'s implementation for the full causal pass:
         "auto" picks "cudnn" on GPU for bf16 compute and head dims that cuDNN takes, else "xla".
@@ -126,6 +127,7 @@ class ModelConfig:
     norm_eps: float = 1e-6
     init_std: float = 0.02
     dtype: str = "float32"
+    remat: bool = False
     impl: str = "auto"
     chunk_size: int = 64
     attention_impl: str = "auto"
@@ -186,7 +188,7 @@ class ModelConfig:
             self._fail("impl", f"must be one of {IMPLS}")
         if self.attention_impl not in ATTENTION_IMPLS:
             self._fail("attention_impl", f"must be one of {ATTENTION_IMPLS}")
-        for name in ("tie_embeddings", "use_beta"):
+        for name in ("tie_embeddings", "use_beta", "remat"):
             if not isinstance(getattr(self, name), bool):
                 self._fail(name, "must be a bool")
         if self.use_output_gate is not None and not isinstance(self.use_output_gate, bool):

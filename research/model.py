@@ -35,6 +35,10 @@ class Block(nnx.Module):
         return x, cache
 
 
+def _block_forward(block: Block, x, segment_ids):
+    return block(x, segment_ids=segment_ids)[0]
+
+
 class LanguageModel(nnx.Module):
     """Causal language model over `config.layer_mixers()`.
 
@@ -81,7 +85,10 @@ class LanguageModel(nnx.Module):
         x = self.embed(tokens)
         if cache is None:
             for block in self.blocks:
-                x, _ = block(x, segment_ids=segment_ids)
+                if self.config.remat:
+                    x = nnx.remat(_block_forward)(block, x, segment_ids)
+                else:
+                    x = _block_forward(block, x, segment_ids)
             return self._logits(x)
         self._check_cache(cache, B, T)
         pos = cache["pos"]

@@ -183,6 +183,17 @@ def test_presets_and_get_preset():
         research.get_preset("gla-7b")
 
 
+def test_remat_gives_the_same_loss_and_gradients():
+    tokens = jax.random.randint(jax.random.key(0), (B, 10), 0, 64)
+    out = []
+    for remat in (False, True):
+        model = research.LanguageModel(tiny("attention", n_layers=2, remat=remat), rngs=nnx.Rngs(0))
+        out.append(nnx.jit(nnx.value_and_grad(lambda m: jnp.mean(m(tokens) ** 2)))(model))
+    assert abs(float(out[0][0]) - float(out[1][0])) < 1e-6
+    g0, g1 = (jax.tree.leaves(nnx.state(g, nnx.Param)) for _, g in out)
+    assert max(float(jnp.abs(a - b).max()) for a, b in zip(g0, g1)) < 1e-6
+
+
 def test_bfloat16_compute_is_close_to_float32():
     cfg = tiny("gated_deltanet")
     tokens = jax.random.randint(jax.random.key(0), (B, 16), 0, 64)
