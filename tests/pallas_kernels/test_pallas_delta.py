@@ -18,12 +18,31 @@ KINDS = ("tpu", "triton")
 
 
 @pytest.fixture
-def flavour(request):
-    """Runs the test body with the Pallas flavour `request.param`, tracing afresh."""
+def flavour(request, monkeypatch):
+    """Runs the test body with the Pallas flavour `request.param`, tracing afresh. The TPU flavour
+    interprets two cores (the "parallel" grid axes split between them, as on a megacore chip) with
+    the race detector on, and fails the test if any kernel raced."""
+    from jax._src.pallas.mosaic.interpret import interpret_pallas_call as ipc
+    from jax.experimental.pallas import tpu as pltpu
+
+    detectors = []
+
+    class Recording(ipc.RaceDetectionState):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            detectors.append(self)
+
+    monkeypatch.setattr(ipc, "RaceDetectionState", Recording)
     jax.clear_caches()
-    with _backend.use_backend(request.param, detect_races=True):
+    interpret = None
+    if request.param == "tpu":
+        interpret = pltpu.InterpretParams(detect_races=True, num_cores_or_threads=2)
+    with _backend.use_backend(request.param, interpret=interpret):
         yield request.param
     jax.clear_caches()
+    if request.param == "tpu":
+        assert detectors, "the TPU interpreter ran no kernel"
+        assert not any(d.races_found for d in detectors), "a kernel raced"
 
 
 def _check(errs, tol):
