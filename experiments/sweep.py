@@ -4,12 +4,15 @@
     python -m experiments.sweep experiments/sweeps/state_size_tiny.py
     python -m experiments.sweep experiments/sweeps/decay.py --workdir runs/decay --jobs 2
     python -m experiments.sweep experiments/sweeps/state_size.py --dry-run   # list the runs
+    python -m experiments.sweep experiments/sweeps/demo.py --report EXPERIMENTS.md
 
 A sweep file defines RUNS (named training configs with tags) and FIGURES (see
 `research.sweep.spec`). Every run trains in DIR/runs/<name> (default DIR: runs/sweeps/<NAME>);
 finished runs are skipped and interrupted ones resume from their last checkpoint, so rerunning
 the same command completes a sweep. At the end it writes DIR/results.csv, DIR/results.md and one
-PNG per figure, and prints the table.
+PNG per figure, and prints the table. With --report PATH it also writes the sweep's section of
+that Markdown report (table, figures, comparison with published findings; see
+`research.sweep.report`), replacing the section an earlier run wrote.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="list the runs, their state sizes and status; train nothing")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once (default 1)")
+    p.add_argument("--report", default=None, metavar="PATH",
+                   help="also write this sweep's section of a Markdown report, e.g. EXPERIMENTS.md")
     return p
 
 
@@ -56,6 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         shlex.quote(a) for a in ([args.sweep] + (["--workdir", args.workdir] if args.workdir
                                                   else [])))
     rows = run_sweep(sweep, workdir, jobs=args.jobs, command=command)
+    if args.report:
+        from research.sweep.report import section, update_report
+        report_cmd = f"{command} --report {shlex.quote(args.report)}"
+        update_report(args.report, section(sweep, workdir, rows, args.report, report_cmd,
+                                           sweep.compare), sweep.name)
+        print(f"updated {args.report} (section {sweep.name})")
     tags = [t for r in sweep.runs for t in r.tags]
     print(markdown_table(rows, columns(rows, list(dict.fromkeys(tags)))))
     print(f"\nwrote {workdir / 'results.csv'}, {workdir / 'results.md'} and "

@@ -14,6 +14,7 @@ of 5000 steps).
 
 from research import ModelConfig
 from research.sweep import Figure, Run, task_config
+from research.sweep.report import recall_comparison
 
 TITLE = "State size: MQAR accuracy against recurrent state size (Zoology setup)"
 TASK = {"vocab_size": 8192, "seq_len": 256, "num_kv_pairs": 16}
@@ -54,3 +55,8 @@ FIGURES = [
     Figure("accuracy_vs_state_size", x="state_size", y="eval/accuracy", group="mixer", logx=True,
            best_over=("lr",), title="MQAR (L=256, 16 kv pairs): accuracy vs state size"),
 ]
+
+
+def compare(rows):
+    """Zoology's ordering at equal state size, and attention near 1.0."""
+    return recall_comparison(rows, order=("deltanet", "gla", "retnet"))

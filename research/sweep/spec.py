@@ -8,6 +8,8 @@ A sweep is a Python file (see `experiments/sweeps/`) that defines, at module lev
                              examples with `research.probes.evaluate_task`, adding "probe/..."
                              columns (e.g. probe/dfa_accuracy, probe/stale_rate)
     TITLE: str               optional: a heading for results.md (default: the file name)
+    compare(rows) -> str     optional: Markdown comparing the results with published findings
+                             (used by `--report`, see `research.sweep.report`)
 
 and a module docstring saying what it measures; `load_sweep(path)` reads it into a `Sweep`.
 """
@@ -94,6 +96,7 @@ class Sweep:
     eval_examples: int = 0
     title: str = ""
     description: str = ""
+    compare: Any = None
 
     def __post_init__(self):
         if not self.runs:
@@ -125,7 +128,7 @@ def load_sweep(path: str | pathlib.Path) -> Sweep:
                              f"{type(f).__name__}")
     return Sweep(name=path.stem, path=str(path), runs=tuple(runs), figures=tuple(figures),
                  eval_examples=ns.get("EVAL_EXAMPLES", 0), title=ns.get("TITLE", path.stem),
-                 description=(ns.get("__doc__") or "").strip())
+                 description=(ns.get("__doc__") or "").strip(), compare=ns.get("compare"))
 
 
 def grid(**axes: Sequence[Any]) -> list[dict[str, Any]]:

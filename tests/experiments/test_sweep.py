@@ -108,6 +108,18 @@ def test_state_size_tiny_end_to_end_and_rerun_skips(tmp_path, capsys):
     code, out, _ = _run_cli([SWEEPS / "state_size_tiny.py", "--workdir", workdir, "--dry-run"],
                             capsys)
     assert out.count("| done |") == 4
+    # --report writes the sweep's section (figures beside the sweep file: use a copy here)
+    copy = tmp_path / "sweeps" / "state_size_tiny.py"
+    copy.parent.mkdir()
+    copy.write_text((SWEEPS / "state_size_tiny.py").read_text())
+    report = tmp_path / "EXP.md"
+    report.write_text("# Experiments\n\nintro\n")
+    code, out, err = _run_cli([copy, "--workdir", workdir, "--report", report], capsys)
+    assert code == 0 and err.count("skipped") == 4
+    text = report.read_text()
+    assert text.startswith("# Experiments\n\nintro") and "<!-- sweep:state_size_tiny -->" in text
+    assert "--report" in text and "| gla-d16 |" in text
+    assert (copy.parent / "figures" / "state_size_tiny_accuracy_vs_state_size.png").exists()
 
 
 def test_decay_tiny_end_to_end(tmp_path, capsys):
@@ -155,3 +167,27 @@ def test_interrupted_run_resumes_and_jobs(tmp_path, capsys):
     summary = json.loads((workdir / "runs" / "a" / "summary.json").read_text())
     assert summary["resumed_from"] == 8 and summary["step"] == 16
     assert [r["step"] for r in read_csv(workdir / "results.csv")] == [16, 16]
+
+
+def test_report_sections_and_comparison(tmp_path):
+    from research.sweep.report import ordering_table, recall_comparison, update_report
+    rows = [
+        {"mixer": "deltanet", "state_size": 1024, "eval/accuracy": 0.9},
+        {"mixer": "gla", "state_size": 1024, "eval/accuracy": 0.7},
+        {"mixer": "gla", "state_size": 1024, "eval/accuracy": 0.8},   # best over lrs counts
+        {"mixer": "retnet", "state_size": 1024, "eval/accuracy": 0.85},
+        {"mixer": "deltanet", "state_size": 4096, "eval/accuracy": 0.95},
+        {"mixer": "attention", "state_size": 8192, "eval/accuracy": 0.99},
+    ]
+    table = ordering_table(rows, ("deltanet", "gla", "retnet"), by="state_size")
+    assert "| 1024 | 0.900 | 0.800 | 0.850 | no |" in table
+    assert "| 4096 | 0.950 |  |  | n/a |" in table
+    text = recall_comparison(rows, ("deltanet", "gla"))
+    assert "| 1024 | 0.900 | 0.800 | yes |" in text and "near 1.0, as published" in text
+    path = tmp_path / "R.md"
+    update_report(path, "<!-- sweep:a -->\nA1\n<!-- /sweep:a -->", "a")
+    update_report(path, "<!-- sweep:b -->\nB1\n<!-- /sweep:b -->", "b")
+    update_report(path, "<!-- sweep:a -->\nA2\n<!-- /sweep:a -->", "a")
+    body = path.read_text()
+    assert body.startswith("# Experiments") and "A2" in body and "A1" not in body
+    assert body.index("A2") < body.index("B1")
