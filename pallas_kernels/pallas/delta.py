@@ -128,9 +128,9 @@ def gated_delta_rule_pallas(q, k, v, g, beta, *, scale, initial_state=None, segm
     N, G = T // C, B * H
     # Triton blocks need power-of-two dims (>= 16 for tl.dot); zero head-dim padding is exact.
     Kp, Vp = (K, V) if backend.kind == "tpu" else (_pow2_at_least(K, 16), _pow2_at_least(V, 16))
-    pad = lambda x, d, to: x if d == to else jnp.pad(  # noqa: E731
+    pad = lambda x, d, to: x if d == to else jnp.pad(
         x, [(0, 0)] * (x.ndim - 1) + [(0, to - d)])
-    head_major = lambda x: jnp.swapaxes(x, 1, 2)  # [B, T, H, ...] -> [B, H, T, ...]  # noqa: E731
+    head_major = lambda x: jnp.swapaxes(x, 1, 2)  # [B, T, H, ...] -> [B, H, T, ...]
     qh = head_major(pad(q, K, Kp))
     kh = head_major(pad(k, K, Kp))
     vh = head_major(pad(v, V, Vp))

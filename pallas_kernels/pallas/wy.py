@@ -252,7 +252,7 @@ def _specs(chunk_size: int, dims: tuple[int, ...], seg_index: tuple[bool, ...]):
 
 
 def _check(k, v, beta, gc, r, chunk_size):
-    B, H, T, K = k.shape
+    B, H, T, _K = k.shape
     if v.shape[:3] != (B, H, T):
         raise ValueError(f"v must be [B, H, T, V] with [B, H, T] = {[B, H, T]}, got {v.shape}")
     for name, x in (("beta", beta), ("gc", gc)):

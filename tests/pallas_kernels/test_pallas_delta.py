@@ -93,7 +93,7 @@ def test_bfloat16_inputs(flavour):
 @pytest.mark.parametrize("flavour", ["tpu"], indirect=True)
 def test_gradient_through_final_state_only(flavour):
     op = "delta_rule"
-    inputs, h0, seg = make_inputs(op, B=1, T=40, H=1, K=16, V=16, seed=13)
+    inputs, h0, _seg = make_inputs(op, B=1, T=40, H=1, K=16, V=16, seed=13)
     args = [jnp.asarray(x) for x in inputs]
 
     def loss(impl, *xs):

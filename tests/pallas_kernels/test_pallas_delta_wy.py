@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from jax._src.pallas.mosaic.interpret import interpret_pallas_call as ipc
 from jax.experimental.pallas import tpu as pltpu
 
@@ -29,7 +28,7 @@ def _rel(a, b):
 def _problem(seed, *, B=1, H=2, T=128, K=32, V=16, C=64, keys="l2", beta="mid", decay=1.0,
              segments=True):
     rng = np.random.default_rng(seed)
-    n = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    n = lambda *s: rng.standard_normal(s).astype(np.float32)
     k = n(B, H, T, K)
     if keys == "l2":
         k = k / np.linalg.norm(k, axis=-1, keepdims=True)
@@ -50,15 +49,15 @@ def _problem(seed, *, B=1, H=2, T=128, K=32, V=16, C=64, keys="l2", beta="mid", 
 
 CASES = [
     # (backend, dict of problem options)
-    ("tpu", dict(C=64)),
-    ("triton", dict(C=64)),
-    ("tpu", dict(C=16, T=48, K=24, V=40, keys="raw", beta="one", decay=4.0)),
-    ("triton", dict(C=16, T=48, K=24, V=40, keys="raw", beta="one", decay=4.0)),
-    ("tpu", dict(C=32, T=64, beta="zero", segments=False)),
-    ("triton", dict(C=128, T=128, K=16, V=16, keys="raw")),
+    ("tpu", {"C": 64}),
+    ("triton", {"C": 64}),
+    ("tpu", {"C": 16, "T": 48, "K": 24, "V": 40, "keys": "raw", "beta": "one", "decay": 4.0}),
+    ("triton", {"C": 16, "T": 48, "K": 24, "V": 40, "keys": "raw", "beta": "one", "decay": 4.0}),
+    ("tpu", {"C": 32, "T": 64, "beta": "zero", "segments": False}),
+    ("triton", {"C": 128, "T": 128, "K": 16, "V": 16, "keys": "raw"}),
     # head dims walked in several column tiles (64 on Triton, 128 on TPU)
-    ("triton", dict(C=32, T=64, K=128, V=192, H=1)),
-    ("tpu", dict(C=32, T=64, K=256, V=128, H=1)),
+    ("triton", {"C": 32, "T": 64, "K": 128, "V": 192, "H": 1}),
+    ("tpu", {"C": 32, "T": 64, "K": 256, "V": 128, "H": 1}),
 ]
 
 
@@ -93,7 +92,7 @@ def test_unit_lower_inverse_is_a_stable_inverse():
     k, v, beta, gc, r = _problem(3, T=128, C=128, K=16, V=16, keys="raw", beta="one",
                                  segments=False)
     k = k * 2.0
-    w, u, a = wy.wy_fwd(k, v, beta, gc, r, chunk_size=128, backend=FLAVOURS["triton"])
+    _w, _u, a = wy.wy_fwd(k, v, beta, gc, r, chunk_size=128, backend=FLAVOURS["triton"])
     ref = wy.wy_reference(k, v, beta, gc, r, chunk_size=128)
     assert np.all(np.isfinite(np.asarray(a)))
     assert _rel(a, ref[2]) < 1e-4
