@@ -32,8 +32,8 @@ states, h_final and v_new all flow back); the backward is a reverse pass over ch
 
 TPU flavour: grid (G, N) with the chunk axis "arbitrary" and the state in VMEM scratch (the
 forward keeps the full K x V state; value tiles are not needed for head dims <= 256).
-Triton flavour: grid (G, V / block_v) in the forward and (G,) in the backward; the chunk loop
-runs inside the kernel with the state as the loop carry.
+Triton flavour: grid (G, K / 64, V / 64) in the forward (K untiled when w is given) and (G,) in
+the backward; the chunk loop runs inside the kernel with the state as the loop carry.
 """
 
 from __future__ import annotations
@@ -184,24 +184,17 @@ def _fwd_kernel_tpu(*refs, flags, n_chunks):
         r["hT"][...] = Sn
 
 
-def _fwd_kernel_triton(*refs, flags, n_chunks, block_v):
+def _fwd_kernel_triton(*refs, flags, n_chunks):
     r = _unpack(refs, flags)
-    j = pl.program_id(1)
-    vs = pl.ds(j * block_v, block_v)
-    K = r["kd"].shape[-1]
     if r["h0"] is not None:
-        S0 = r["h0"][:, vs]
+        S0 = r["h0"][...]
     else:
-        S0 = jnp.zeros((K, block_v), F32)
+        S0 = jnp.zeros(r["hT"].shape, F32)
+    get = lambda nm, n: None if r[nm] is None else r[nm][n]  # noqa: E731
 
     def body(n, S):
         r["states"][n, :, :] = S
-        Sn, u = _step_fwd(
-            S, r["kd"][n], r["vd"][n, :, vs],
-            None if r["dk"] is None else r["dk"][n],
-            None if r["dv"] is None else r["dv"][n, :, vs],
-            None if r["w"] is None else r["w"][n],
-        )
+        Sn, u = _step_fwd(S, r["kd"][n], r["vd"][n], get("dk", n), get("dv", n), get("w", n))
         if r["vnew"] is not None:
             r["vnew"][n, :, :] = u
         return Sn
@@ -240,23 +233,29 @@ def _fwd_call(backend, kd, vd, decay_k, decay_v, h0, w):
             interpret=backend.interpret, name="chunk_state_fwd",
         )(*inputs)
     else:
+        # Programs over (G, K tiles, V tiles): without w the rows and columns of the state evolve
+        # independently; the delta-rule correction w @ S needs all K rows, so then bk = K.
+        bk = K if has_w else min(K, 64)
         bv = min(V, 64)
-        if V % bv:
-            bv = V
-        allc = lambda d2, d3: pl.BlockSpec((None, N, d2, d3), lambda g, j: (g, 0, 0, 0))
-        specs = {"kd": allc(C, K), "vd": allc(C, V), "dk": allc(K, 1), "dv": allc(1, V),
-                 "h0": pl.BlockSpec((None, K, V), lambda g, j: (g, 0, 0)), "w": allc(C, K)}
+        tile = lambda d2, d3, f: pl.BlockSpec((None, N, d2, d3), f)  # noqa: E731
+        specs = {
+            "kd": tile(C, bk, lambda g, i, j: (g, 0, 0, i)),
+            "vd": tile(C, bv, lambda g, i, j: (g, 0, 0, j)),
+            "dk": tile(bk, 1, lambda g, i, j: (g, 0, i, 0)),
+            "dv": tile(1, bv, lambda g, i, j: (g, 0, 0, j)),
+            "h0": pl.BlockSpec((None, bk, bv), lambda g, i, j: (g, i, j)),
+            "w": tile(C, K, lambda g, i, j: (g, 0, 0, 0)),
+        }
         in_specs = [specs[nm] for nm, p in names if p]
-        out_specs = [pl.BlockSpec((None, N, K, bv), lambda g, j: (g, 0, 0, j)),
-                     pl.BlockSpec((None, K, bv), lambda g, j: (g, 0, j))]
+        out_specs = [tile(bk, bv, lambda g, i, j: (g, 0, i, j)),
+                     pl.BlockSpec((None, bk, bv), lambda g, i, j: (g, i, j))]
         if has_w:
-            out_specs.append(pl.BlockSpec((None, N, C, bv), lambda g, j: (g, 0, 0, j)))
-        kernel = functools.partial(_fwd_kernel_triton, n_chunks=N, block_v=bv,
-                                   flags=names + out_names)
+            out_specs.append(tile(C, bv, lambda g, i, j: (g, 0, 0, j)))
+        kernel = functools.partial(_fwd_kernel_triton, n_chunks=N, flags=names + out_names)
         outs = pl.pallas_call(
-            kernel, out_shape=out_shape, grid=(G, V // bv), in_specs=in_specs,
+            kernel, out_shape=out_shape, grid=(G, K // bk, V // bv), in_specs=in_specs,
             out_specs=out_specs,
-            compiler_params=_backend.compiler_params(backend, ("parallel", "parallel")),
+            compiler_params=_backend.compiler_params(backend, ("parallel",) * 3),
             interpret=backend.interpret, name="chunk_state_fwd",
         )(*inputs)
     states, hT = outs[0], outs[1]
