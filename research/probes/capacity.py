@@ -24,7 +24,7 @@ def length_extrapolation(model, task, factors: Sequence[float] = (1, 2, 4, 8, 16
     for f in factors:
         if not f > 0:
             raise ValueError(f"factors must be > 0, got {f!r}")
-        seq_len = int(round(task.seq_len * f))
+        seq_len = round(task.seq_len * f)
         if isinstance(task, (MQAR, ForgettingMQAR)) and seq_len % 2:
             seq_len += 1
         try:

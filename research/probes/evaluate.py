@@ -28,7 +28,7 @@ from flax import nnx
 
 from research.tasks import ForgettingMQAR, RegularLanguages, dfa_metrics
 
-_FORWARD_CACHE: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+_FORWARD_CACHE: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
 def forward_fn(model):

@@ -171,7 +171,7 @@ def run_probes(model, config, outdir, names: Sequence[str] | None = None,
             plots.plot_lines(r, "num_kv_pairs", "accuracy", out / "kv_pairs.png", logx=True,
                              ylim=(0, 1.02), title=f"recall vs kv pairs (L={task.seq_len})")
         elif name == "passkey":
-            lengths = [int(round(task.seq_len * f)) for f in s.factors]
+            lengths = [round(task.seq_len * f) for f in s.factors]
             r = passkey_sweep(model, lengths, s.depths, task.vocab_size, s.num_examples,
                               s.batch_size, passkey_len=task.passkey_len, filler=task.filler,
                               seed=task.seed)
@@ -190,7 +190,7 @@ def run_probes(model, config, outdir, names: Sequence[str] | None = None,
                     summary[f"decay/L{layer['layer']}H{h['head']}_median_half_life"] = \
                         h["median_half_life"]
         elif name == "state_norm":
-            length = int(round(train_len * max(s.factors)))
+            length = round(train_len * max(s.factors))
             length -= length % s.state_norm_chunk
             length = max(length, s.state_norm_chunk)
             tokens = _sample_tokens(config, task, s.state_norm_examples, length)

@@ -20,7 +20,12 @@ def task_config(model, task: str, task_args: Mapping[str, Any], *, steps: int,
     local device on the data axis.
     """
     from research.train.config import (
-        CheckpointConfig, Config, DataConfig, MeshConfig, OptimizerConfig, TrainConfig,
+        CheckpointConfig,
+        Config,
+        DataConfig,
+        MeshConfig,
+        OptimizerConfig,
+        TrainConfig,
     )
     if warmup_steps is None:
         warmup_steps = min(100, max(1, steps // 10))

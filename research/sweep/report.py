@@ -10,6 +10,7 @@ figures (copied to `figures/` beside the sweep file, e.g. experiments/sweeps/fig
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import pathlib
@@ -45,7 +46,7 @@ def ordering_table(rows: Sequence[dict[str, Any]], order: Sequence[str], group: 
     for key in sorted(best, key=lambda k: (str(type(k)), k)):
         vals = [best[key].get(g) for g in order]
         present = [v for v in vals if v is not None]
-        holds = all(a >= b for a, b in zip(present, present[1:])) if len(present) > 1 else None
+        holds = all(a >= b for a, b in itertools.pairwise(present)) if len(present) > 1 else None
         verdict = "n/a" if holds is None else ("yes" if holds else "no")
         cells = ["" if v is None else f"{v:.3f}" for v in vals]
         lines.append(f"| {key} | " + " | ".join(cells) + f" | {verdict} |")
@@ -85,7 +86,7 @@ def update_report(report_path, block: str, name: str,
     path = pathlib.Path(report_path)
     text = path.read_text() if path.exists() else header
     pattern = re.compile(rf"<!-- sweep:{re.escape(name)} -->.*?<!-- /sweep:{re.escape(name)} -->",
-                         re.S)
+                         re.DOTALL)
     if pattern.search(text):
         text = pattern.sub(lambda _: block, text)
     else:
@@ -100,10 +101,11 @@ def recall_comparison(rows: Sequence[dict[str, Any]], order: Sequence[str],
     mixers in `order` should rank that way at equal state size, and softmax attention should be
     near 1.0 (>= `attention_floor`) at every width."""
     recurrent = [r for r in rows if r.get("mixer") in order]
-    lines = [f"Published (Zoology; DeltaNet and GLA papers): at equal state size "
-             f"{' > '.join(order)} on MQAR, and attention near 1.0.", "",
-             f"Best `{y}` per mixer at each recurrent state size (max over the other knobs and "
-             "learning rates); the last column says whether this run reproduces the order:", "",
+    published = (f"Published (Zoology; DeltaNet and GLA papers): at equal state size "
+                 f"{' > '.join(order)} on MQAR, and attention near 1.0.")
+    legend = (f"Best `{y}` per mixer at each recurrent state size (max over the other knobs and "
+              "learning rates); the last column says whether this run reproduces the order:")
+    lines = [published, "", legend, "",
              ordering_table(recurrent, order, by="state_size", y=y), ""]
     att = [r[y] for r in rows if r.get("mixer") == attention
            and isinstance(r.get(y), (int, float)) and math.isfinite(r[y])]

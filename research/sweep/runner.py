@@ -77,10 +77,9 @@ def train_and_evaluate(run: Run, run_dir: str, eval_examples: int) -> dict[str, 
     eval/loss, eval/accuracy, wall_time_s), state_size, num_params, and with `eval_examples`
     the `evaluate_task` metrics of the trained model as "probe/<metric>".
     """
+    from research.train.metrics import read_metrics
     from research.train.trainer import restore_model
     from research.train.trainer import run as train
-
-    from research.train.metrics import read_metrics
 
     run_dir = pathlib.Path(run_dir)
     config = _for_sweep(run.config)
@@ -126,7 +125,7 @@ def train_and_evaluate(run: Run, run_dir: str, eval_examples: int) -> dict[str, 
 def _safe_train(run: Run, run_dir: str, eval_examples: int) -> dict[str, Any]:
     try:
         return train_and_evaluate(run, run_dir, eval_examples)
-    except Exception as e:  # a failed run is reported, the others go on
+    except Exception as e:  # noqa: BLE001  (a failed run is reported, the others go on)
         tb = traceback.format_exc(limit=3)
         print(f"[sweep] run {run.name} failed: {type(e).__name__}: {e}\n{tb}", file=sys.stderr)
         return {"name": run.name, **run.tags, "status": "failed",

@@ -75,7 +75,7 @@ class Passkey(Task):
 
     def needle_position(self, depth: float) -> int:
         """Index of the KEY token for a relative depth in [0, 1]."""
-        return int(round(depth * (self.haystack_len - self.passkey_len - 1)))
+        return round(depth * (self.haystack_len - self.passkey_len - 1))
 
     def _pattern(self) -> np.ndarray:
         rng = np.random.default_rng([self.seed, zlib.crc32(b"passkey-pattern")])

@@ -114,7 +114,7 @@ def test_state_size_tiny_end_to_end_and_rerun_skips(tmp_path, capsys):
     copy.write_text((SWEEPS / "state_size_tiny.py").read_text())
     report = tmp_path / "EXP.md"
     report.write_text("# Experiments\n\nintro\n")
-    code, out, err = _run_cli([copy, "--workdir", workdir, "--report", report], capsys)
+    code, _, err = _run_cli([copy, "--workdir", workdir, "--report", report], capsys)
     assert code == 0 and err.count("skipped") == 4
     text = report.read_text()
     assert text.startswith("# Experiments\n\nintro") and "<!-- sweep:state_size_tiny -->" in text
@@ -124,7 +124,7 @@ def test_state_size_tiny_end_to_end_and_rerun_skips(tmp_path, capsys):
 
 def test_decay_tiny_end_to_end(tmp_path, capsys):
     workdir = tmp_path / "decay"
-    code, out, err = _run_cli([SWEEPS / "decay_tiny.py", "--workdir", workdir], capsys)
+    code, _, err = _run_cli([SWEEPS / "decay_tiny.py", "--workdir", workdir], capsys)
     assert code == 0, err
     rows = {r["name"]: r for r in read_csv(workdir / "results.csv")}
     assert len(rows) == 5
@@ -162,7 +162,7 @@ def test_interrupted_run_resumes_and_jobs(tmp_path, capsys):
     half = first.replace(train=first.train.__class__(steps=8, eval_every=0, eval_batches=1,
                                                      progress=False))
     train(half, workdir / "runs" / "a", verbose=False)
-    code, out, err = _run_cli([path, "--workdir", workdir, "--jobs", "2"], capsys)
+    code, _, err = _run_cli([path, "--workdir", workdir, "--jobs", "2"], capsys)
     assert code == 0, err
     summary = json.loads((workdir / "runs" / "a" / "summary.json").read_text())
     assert summary["resumed_from"] == 8 and summary["step"] == 16

@@ -11,8 +11,14 @@ from flax import nnx
 
 import research
 from research.probes import (
-    ProbeSettings, decay_statistics, evaluate_task, half_life, length_extrapolation,
-    recall_vs_kv_pairs, run_probes, state_norms,
+    ProbeSettings,
+    decay_statistics,
+    evaluate_task,
+    half_life,
+    length_extrapolation,
+    recall_vs_kv_pairs,
+    run_probes,
+    state_norms,
 )
 from research.tasks import MQAR, ForgettingMQAR, RegularLanguages
 
@@ -35,7 +41,7 @@ class RecallOracle(nnx.Module):
 
 
 def _tiny(**kw):
-    base = dict(mixer="gla", vocab_size=64, d_model=16, n_layers=2, n_heads=2, d_ff=32)
+    base = {"mixer": "gla", "vocab_size": 64, "d_model": 16, "n_layers": 2, "n_heads": 2, "d_ff": 32}
     base.update(kw)
     return research.LanguageModel(research.ModelConfig(**base), rngs=nnx.Rngs(0))
 

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from research.tasks import ForgettingMQAR, MQAR
+from research.tasks import MQAR, ForgettingMQAR
 
 
 def _task(**kw):
-    base = dict(vocab_size=512, seq_len=128, num_kv_pairs=8, num_updates=12, seed=2,
-                num_examples=500)
+    base = {"vocab_size": 512, "seq_len": 128, "num_kv_pairs": 8, "num_updates": 12, "seed": 2,
+                "num_examples": 500}
     base.update(kw)
     return ForgettingMQAR(**base)
 
@@ -60,8 +60,8 @@ def test_zero_updates_is_mqar_shaped():
 
 @pytest.mark.parametrize(
     "kw,field",
-    [(dict(num_updates=50), "num_updates"), (dict(vocab_size=16), "vocab_size"),
-     (dict(seq_len=127), "seq_len"), (dict(num_updates=-1), "num_updates")],
+    [({"num_updates": 50}, "num_updates"), ({"vocab_size": 16}, "vocab_size"),
+     ({"seq_len": 127}, "seq_len"), ({"num_updates": -1}, "num_updates")],
 )
 def test_bad_config(kw, field):
     with pytest.raises(ValueError, match=field):

@@ -9,7 +9,7 @@ from research.tasks import MQAR, power_law_gap_probs
 
 
 def _task(**kw):
-    base = dict(vocab_size=256, seq_len=64, num_kv_pairs=4, seed=3, num_examples=1000)
+    base = {"vocab_size": 256, "seq_len": 64, "num_kv_pairs": 4, "seed": 3, "num_examples": 1000}
     base.update(kw)
     return MQAR(**base)
 
@@ -110,13 +110,13 @@ def test_gap_distribution_follows_power_law():
 @pytest.mark.parametrize(
     "kw,field",
     [
-        (dict(seq_len=63), "seq_len"),
-        (dict(num_kv_pairs=17), "num_kv_pairs"),
-        (dict(vocab_size=8), "num_kv_pairs"),
-        (dict(vocab_size=2), "vocab_size"),
-        (dict(filler="ones"), "filler"),
-        (dict(power_a=0.0), "power_a"),
-        (dict(num_examples=0), "num_examples"),
+        ({"seq_len": 63}, "seq_len"),
+        ({"num_kv_pairs": 17}, "num_kv_pairs"),
+        ({"vocab_size": 8}, "num_kv_pairs"),
+        ({"vocab_size": 2}, "vocab_size"),
+        ({"filler": "ones"}, "filler"),
+        ({"power_a": 0.0}, "power_a"),
+        ({"num_examples": 0}, "num_examples"),
     ],
 )
 def test_bad_config_names_the_field(kw, field):

@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 
 from research.tasks import (
-    TASKS, Copying, InductionHeads, Passkey, SelectiveCopying, SetDisjointness, make_task,
+    TASKS,
+    Copying,
+    InductionHeads,
+    Passkey,
+    SelectiveCopying,
+    SetDisjointness,
+    make_task,
     passkey_grid,
 )
 from research.tasks.passkey import FIRST_FILLER, KEY, QUERY
@@ -106,7 +112,7 @@ def test_copying(L):
 
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_every_task_is_a_seeded_source(name):
-    kw = dict(num_examples=30, seed=9)
+    kw = {"num_examples": 30, "seed": 9}
     if name in ("mqar", "forgetting_mqar"):
         kw["vocab_size"] = 512
     task = make_task(name, **kw)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from research.tasks import RegularLanguages, dfa_metrics, sample_dfa
-from research.tasks.regular_languages import NUM_LETTERS, SEPARATOR, DFA
+from research.tasks.regular_languages import DFA, NUM_LETTERS, SEPARATOR
 
 
 def test_dfa_ranges():
