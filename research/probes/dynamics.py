@@ -52,8 +52,9 @@ def decay_statistics(model, tokens) -> dict:
 
     Returns {"layers": [{"layer", "mixer", "kind", "heads": [{"head", "median_half_life",
     "p10_half_life", "p90_half_life", "mean_log_decay"}], "half_lives": float [H, n] samples}]}.
-    `kind` is "vector" (per key channel), "scalar" (per head), "none" (no decay: infinite
-    half-life) or "absent" (the mixer exposes no `log_decay`, e.g. softmax attention).
+    `kind` is "vector" (data-dependent per key channel or slot), "scalar" (data-dependent per
+    head), "fixed" (the same at every token, e.g. RetNet), "none" (no decay: infinite half-life)
+    or "absent" (the mixer exposes no `log_decay`, e.g. softmax attention).
     """
     tokens = jnp.asarray(tokens, jnp.int32)
     if tokens.ndim != 2:
@@ -65,6 +66,8 @@ def decay_statistics(model, tokens) -> dict:
                            "heads": [], "half_lives": None})
             continue
         kind = "vector" if g.ndim == 4 else "scalar"
+        if np.all(g == g[:1, :1]):  # the same decay at every token: a fixed (RetNet) decay
+            kind = "fixed"
         H = g.shape[2]
         per_head = np.moveaxis(g, 2, 0).reshape(H, -1)  # [H, B*T(*K)]
         hl = half_life(per_head)

@@ -92,7 +92,7 @@ def test_decay_statistics_match_the_initial_half_life(decay, tol):
     stats = decay_statistics(model, tokens)
     assert len(stats["layers"]) == 2
     for layer in stats["layers"]:
-        assert layer["kind"] == ("vector" if decay == "vector" else "scalar")
+        assert layer["kind"] == decay
         assert len(layer["heads"]) == 2
         for h in layer["heads"]:
             assert h["median_half_life"] == pytest.approx(12.0, rel=tol)
