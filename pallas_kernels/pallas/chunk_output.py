@@ -32,7 +32,9 @@ Contract of `output_stage`::
 It is a `jax.custom_vjp`, differentiable in q, k, v, h and b (the backward is one Pallas kernel
 per chunk: dq, dk, dv, dh, db, with db = q * dq - k * dk for key gates, db = do * o - v * dv for
 value gates and the row sums of the former for the scalar gate). Both flavours use the same grid
-(G, N), parallel; per-channel gates loop over the key position j inside the kernel.
+(G, N), parallel. Per-channel gates use secondary sub-chunks of 16 positions: pairs of different
+sub-chunks are matmuls through the cumulative gate at the key sub-chunk's end (both factors
+<= 1); only the diagonal sub-chunks loop over their 16 key positions, exactly.
 """
 
 from __future__ import annotations
