@@ -196,6 +196,8 @@ def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ops", nargs="+", default=list(DEFAULT_OPS), choices=pallas_kernels.OPS)
     p.add_argument("--small", action="store_true", help="tiny shapes (CPU smoke run, interpret mode)")
+    p.add_argument("--shapes", nargs="+", default=None, metavar="BxTxHxD",
+                   help="shapes to run instead of the defaults, e.g. 8x2048x16x128")
     p.add_argument("--chunk", type=int, default=64)
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--iters", type=int, default=None, help="timed calls per median (default 20; 1 with --small)")
@@ -203,6 +205,13 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--write", default=None, help="write the results as markdown to this path")
     args = p.parse_args(argv)
     shapes = SMALL_SHAPES if args.small else SHAPES
+    if args.shapes:
+        try:
+            shapes = [tuple(int(x) for x in sh.lower().split("x")) for sh in args.shapes]
+        except ValueError:
+            shapes = []
+        if not shapes or any(len(sh) != 4 for sh in shapes):
+            raise ValueError(f"--shapes takes BxTxHxD, got {args.shapes}")
     slots = SMALL_SLOTS if args.small else SLOTS
     iters = args.iters or (1 if args.small else 20)
     dtype = jnp.dtype(args.dtype)
@@ -232,16 +241,19 @@ def main(argv=None) -> list[dict]:
                 if reason is not None and on_gpu:
                     r["check"] = f"unsupported: {reason}"
                 else:
-                    try:
-                        if not args.no_check:
+                    if not args.no_check:
+                        try:
                             err = check(op, prob, args.chunk)
                             tol = 2e-2 if dtype == jnp.bfloat16 else 2e-3
                             r["check"] = f"{'ok' if err < tol else 'FAIL'} {err:.1e}"
+                        except Exception as e:  # noqa: BLE001 - report the failure in the table
+                            r["check"] = f"error {type(e).__name__}: {str(e)[:80]}"
+                    try:
                         r["pallas_fwd"], r["pallas_fb"] = _time_jax(op, "pallas", prob, args.chunk, iters)
-                    except Exception as e:  # noqa: BLE001 - report the failure in the table
-                        r["check"] = f"error {type(e).__name__}: {str(e)[:80]}"
+                    except Exception as e:  # noqa: BLE001
+                        r["pallas_fwd"] = f"error {type(e).__name__}: {str(e)[:60]}"
             r["xla_fwd"], r["xla_fb"] = _time_jax(op, "xla", prob, args.chunk, iters)
-            if r.get("pallas_fb"):
+            if isinstance(r.get("pallas_fb"), float):
                 r["ratio"] = f"{r['xla_fb'] / r['pallas_fb']:.2f}x"
             if fla_run is not None and op in FLA_OPS:
                 try:
