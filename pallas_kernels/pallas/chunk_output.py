@@ -58,6 +58,11 @@ def _cdt(*xs):
     return xs[0].dtype if all(x.dtype == xs[0].dtype for x in xs) else F32
 
 
+def _f32(mask):
+    """bool -> float32 0/1 (a select, which every backend lowers)."""
+    return jnp.where(mask, 1.0, 0.0).astype(F32)
+
+
 def _row(ref, s):
     return ref[pl.ds(s, 1), :]
 
@@ -100,7 +105,7 @@ def _scalar_bwd(r, C, decayed, seg):
         D = jnp.where(keep, jnp.exp(jnp.minimum(bcol - r["brow"][...], 0.0)), 0.0)
         e = jnp.exp(bcol)
     else:
-        D = keep.astype(F32)
+        D = _f32(keep)
         e = jnp.ones((C, 1), F32)
     if seg:
         e = e * r["carry"][...]
@@ -145,10 +150,9 @@ class _Blk:
     def row(self, name, j):
         if not self.tpu:
             x = _row(self.r[name], self.start + j)
-            return x if x.dtype == jnp.int32 else x.astype(F32)
-        x = self.load(name)
-        x = x if x.dtype == jnp.int32 else x.astype(F32)
-        return jnp.sum(jnp.where(self.tcol == j, x, 0), axis=0, keepdims=True)
+            return x.astype(F32)
+        x = self.load(name, F32)
+        return jnp.sum(jnp.where(self.tcol == j, x, 0.0), axis=0, keepdims=True)
 
     def r_end(self):
         """Cumulative log gate at the sub-chunk's last position, [1, D]."""
@@ -162,7 +166,7 @@ class _Blk:
 
 
 def _mask_mul(x, m):
-    return x if m is None else x * m.astype(F32)
+    return x if m is None else x * _f32(m)
 
 
 def _diag_masks(blk, j):
@@ -170,7 +174,7 @@ def _diag_masks(blk, j):
     m = blk.tcol >= j
     if blk.seg:
         m = jnp.logical_and(m, blk.load("rcol") == blk.row("rcol", j))
-    return m.astype(F32)
+    return _f32(m)
 
 
 def _channel_fwd(r, mode, C, c, seg, tpu):
@@ -274,7 +278,7 @@ def _channel_bwd(r, mode, C, c, seg, tpu):
             dq_a, dk_a, dv_a, o_a = acc
             ks, vs = ba.row("k", j), ba.row("v", j)
             m = _diag_masks(ba, j)
-            one = (tcol == j).astype(F32)
+            one = _f32(tcol == j)
             if mode == "key":
                 E = m * jnp.exp(jnp.minimum(b_a - ba.row("b", j), 0.0))
                 qE = qa * E
@@ -345,6 +349,8 @@ def _operands(mode, q, k, v, h, b, segments, heads):
     if seg:
         rid, carry = segments
         Bs = rid.shape[0]
+        # reset counts travel as float32 (exact below 2**24): no integer vector ops in kernels
+        rid = rid.astype(F32)
         items += [("rcol", rid.reshape(Bs, N, C, 1), (C, 1), "b"),
                   ("carry", carry.astype(F32).reshape(Bs, N, C, 1), (C, 1), "b")]
         if mode == "scalar":
