@@ -202,3 +202,22 @@ def test_bfloat16_compute_is_close_to_float32():
     bf = forward(research.LanguageModel(cfg.replace(dtype="bfloat16"), rngs=nnx.Rngs(0)), tokens)
     assert bf.dtype == jnp.float32
     assert rel_rms(bf, f32) < 5e-2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,kw", CASES, ids=[c[0] for c in CASES])
+def test_decode_equals_full_pass_at_default_chunk_size(name, kw):
+    """As the default-suite test, with the default chunk_size 64 and T spanning three chunks."""
+    fields = dict(chunk_size=64, d_model=64, window_size=24, n_layers=2)
+    cfg = tiny(name, **fields, **kw) if name != "hybrid" else tiny(**{**fields, **kw})
+    model = research.LanguageModel(cfg, rngs=nnx.Rngs(3))
+    forward, step = jitted(model)
+    n = 150
+    tokens = jax.random.randint(jax.random.key(4), (B, n), 0, cfg.vocab_size)
+    full = forward(tokens)
+    cache = model.init_cache(batch_size=B, max_length=n)
+    outs = []
+    for a, b in ((0, 70), (70, 71), (71, 72), (72, n)):
+        out, cache = step(tokens[:, a:b], cache)
+        outs.append(out)
+    assert rel_rms(jnp.concatenate(outs, 1), full) < 1e-4
