@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 
 from research.tasks import ForgettingMQAR, RegularLanguages, dfa_metrics
+from research.tasks.regular_languages import NUM_LETTERS
 
 _FORWARD_CACHE: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
@@ -69,17 +70,15 @@ def predict_logits(model, tokens: np.ndarray, batch_size: int = 32) -> np.ndarra
     return np.concatenate(out)
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    m = logits.max(-1, keepdims=True)
-    return logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
-
-
 def evaluate_task(model, task, num_examples: int = 256, batch_size: int = 32,
                   start: int = 0) -> dict[str, float]:
     """Metrics of `model` on examples [start, start + num_examples) of `task` (see module doc).
 
+    Runs batch by batch (only [B, T] scores leave the device), so long sequences and large
+    vocabularies fit.
+
     Args:
-      model: a LanguageModel (or anything mapping int tokens [B, T] to logits [B, T, V]).
+      model: a LanguageModel (or any nnx.Module mapping int tokens [B, T] to logits [B, T, V]).
       task: a `research.tasks` source.
       num_examples: examples to score (clipped to the task's length).
       batch_size: forward batch.
@@ -89,35 +88,58 @@ def evaluate_task(model, task, num_examples: int = 256, batch_size: int = 32,
     """
     if num_examples < 1:
         raise ValueError(f"num_examples must be >= 1, got {num_examples}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if isinstance(task, RegularLanguages) and task.split == "train":
         task = dataclasses.replace(task, split="test")
     n = min(num_examples, len(task) - start)
     if n < 1:
         raise ValueError(f"start={start} leaves no examples in a task of {len(task)}")
-    idx = np.arange(start, start + n)
-    batch = task.batch(idx)
-    logits = predict_logits(model, batch["tokens"], batch_size)
-    if logits.shape[-1] < task.vocab_size:
-        raise ValueError(f"model vocabulary {logits.shape[-1]} is smaller than the task's "
-                         f"vocab_size={task.vocab_size}")
-    mask, targets = batch["loss_mask"], batch["targets"]
-    logp = _log_softmax(logits.astype(np.float64))
-    nll = -np.take_along_axis(logp, targets[..., None], -1)[..., 0]
-    pred = logits.argmax(-1)
-    right = (pred == targets) & mask
+    fwd = forward_fn(model)
+    sums = {"nll": 0.0, "right": 0, "positions": 0, "seq_right": 0, "stale": 0,
+            "dfa_n": 0, "dfa_acc": 0.0, "dfa_tvd": 0.0}
+    for lo in range(start, start + n, batch_size):
+        idx = np.arange(lo, min(lo + batch_size, start + n))
+        batch = task.batch(idx)
+        tokens = batch["tokens"]
+        pad = batch_size - len(idx)
+        if pad:  # keep one compiled shape
+            tokens = np.concatenate([tokens, np.repeat(tokens[-1:], pad, 0)])
+        logits = fwd(tokens)[: len(idx)]                                  # [b, T, V] on device
+        if logits.shape[-1] < task.vocab_size:
+            raise ValueError(f"model vocabulary {logits.shape[-1]} is smaller than the task's "
+                             f"vocab_size={task.vocab_size}")
+        targets, mask = batch["targets"], batch["loss_mask"]
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        nll = -np.asarray(jnp.take_along_axis(logp, jnp.asarray(targets)[..., None], -1)[..., 0])
+        pred = np.asarray(jnp.argmax(logits, -1))
+        right = (pred == targets) & mask
+        sums["nll"] += float((nll * mask).sum())
+        sums["right"] += int(right.sum())
+        sums["positions"] += int(mask.sum())
+        sums["seq_right"] += int((right.sum(1) == mask.sum(1)).sum())
+        if isinstance(task, RegularLanguages):
+            ann = task.batch_annotations(idx)
+            m = dfa_metrics(np.asarray(logits[..., :NUM_LETTERS]), ann["legal"],
+                            ann["eval_mask"])
+            k = int(ann["eval_mask"].sum())
+            sums["dfa_n"] += k
+            sums["dfa_acc"] += m["accuracy"] * k
+            sums["dfa_tvd"] += m["tvd"] * k
+        if isinstance(task, ForgettingMQAR):
+            stale = np.stack([task.stale_values(int(i)) for i in idx])  # [b, T, U + 1]
+            sums["stale"] += int(((stale == pred[..., None]).any(-1) & mask).sum())
+    positions = max(sums["positions"], 1)
     out = {
-        "loss": float((nll * mask).sum() / mask.sum()),
-        "accuracy": float(right.sum() / mask.sum()),
-        "sequence_accuracy": float(np.mean(right.sum(1) == mask.sum(1))),
+        "loss": sums["nll"] / positions,
+        "accuracy": sums["right"] / positions,
+        "sequence_accuracy": sums["seq_right"] / n,
         "num_examples": int(n),
-        "num_positions": int(mask.sum()),
+        "num_positions": int(sums["positions"]),
     }
     if isinstance(task, RegularLanguages):
-        ann = task.batch_annotations(idx)
-        m = dfa_metrics(logits, ann["legal"], ann["eval_mask"])
-        out["dfa_accuracy"], out["dfa_tvd"] = m["accuracy"], m["tvd"]
+        out["dfa_accuracy"] = sums["dfa_acc"] / max(sums["dfa_n"], 1)
+        out["dfa_tvd"] = sums["dfa_tvd"] / max(sums["dfa_n"], 1)
     if isinstance(task, ForgettingMQAR):
-        stale = np.stack([task.stale_values(int(i)) for i in idx])  # [N, T, U + 1]
-        hit = (stale == pred[..., None]).any(-1) & mask
-        out["stale_rate"] = float(hit.sum() / mask.sum())
+        out["stale_rate"] = sums["stale"] / positions
     return out
