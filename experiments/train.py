@@ -86,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
               "command to resume.")
         return 0
     acc, loss = summary["eval/accuracy"], summary["eval/loss"]
+    final = summary["final_loss"]
     print(f"done: {summary['step']} steps in {summary['wall_time_s']:.0f} s; final train loss "
-          f"{summary['final_loss']:.4f}; eval loss {loss:.4f}, eval accuracy {acc:.4f}")
+          f"{'n/a' if final is None else f'{final:.4f}'}; eval loss {loss:.4f}, eval accuracy "
+          f"{acc:.4f}")
     if summary["target_accuracy"] is not None:
         verdict = "reached" if summary["reached_target"] else "did NOT reach"
         print(f"eval accuracy {acc:.4f} {verdict} the target {summary['target_accuracy']}")

@@ -389,8 +389,9 @@ def run(config: Config, workdir: str | pathlib.Path | None = None, *, preset: st
                                 async_save=config.checkpoint.async_save)
     restored = checkpointer.restore_latest(setup.abstract_state)
     resumed_from = None
+    restored_meta: dict = {}
     if restored is not None:
-        resumed_from, state, data_state, _ = restored
+        resumed_from, state, data_state, restored_meta = restored
         # orbax may hand back namedtuples as tuples: rebuild the exact tree structure
         state = jax.tree.unflatten(jax.tree.structure(setup.abstract_state),
                                    jax.tree.leaves(state))
@@ -425,7 +426,7 @@ def run(config: Config, workdir: str | pathlib.Path | None = None, *, preset: st
     window_t0 = time.time()
     window_tokens = 0
     last_good_ckpt = checkpointer.latest_step()
-    final_loss = None
+    final_loss = restored_meta.get("train/loss")
     last_train: dict[str, float] = {}
     last_eval: dict[str, float] = {}
     interrupted = None
@@ -490,6 +491,9 @@ def run(config: Config, workdir: str | pathlib.Path | None = None, *, preset: st
                 break
             if _stop_after is not None and step >= _stop_after:
                 break
+        if not last_eval and interrupted is None and _stop_after is None:
+            # nothing left to train (a rerun of a finished run): evaluate the restored model
+            last_eval = evaluate(eval_jit, state["params"], setup.rest, eval_data, mesh)
         writer.flush()
         checkpointer.wait()
     finally:

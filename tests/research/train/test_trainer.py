@@ -51,6 +51,8 @@ def test_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path, reference):
     # the schedule depends on train.steps, so compare runs with the same steps only
     third = rt.run(tiny(), tmp_path / "run", verbose=False)
     assert third["resumed_from"] == 12 and third["step"] == 12
+    # nothing left to train: the rerun still evaluates and reports the last loss
+    assert third["eval/accuracy"] is not None and third["final_loss"] == second["final_loss"]
 
 
 def test_killed_before_the_end_resumes_to_the_same_loss(tmp_path, reference):
