@@ -57,11 +57,13 @@ class LanguageModel(nnx.Module):
         cfg = config
         self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=common.compute_dtype(cfg),
                                param_dtype=jnp.float32,
-                               embedding_init=nnx.initializers.normal(cfg.init_std), rngs=rngs)
+                               embedding_init=nnx.initializers.normal(cfg.init_std),
+                               embedding_metadata=common.axes("vocab", "embed"), rngs=rngs)
         self.blocks = nnx.List([Block(cfg, m, rngs=rngs) for m in cfg.layer_mixers()])
         self.final_norm = common.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         if not cfg.tie_embeddings:
-            self.lm_head = common.linear(cfg, cfg.d_model, cfg.vocab_size, rngs=rngs)
+            self.lm_head = common.linear(cfg, cfg.d_model, cfg.vocab_size, rngs=rngs,
+                                         names=("embed", "vocab"))
 
     # ------------------------------------------------------------------ forward
     def __call__(self, tokens, segment_ids=None, cache=None):

@@ -56,7 +56,7 @@ class Attention(nnx.Module):
         self.conv = common.ShortConv(2 * HK + HV, cfg.conv_size, rngs=rngs) if cfg.conv_size else None
         if self.use_output_gate:
             self.g_proj = common.linear(cfg, d, HV, rngs=rngs)
-        self.o_proj = common.linear(cfg, HV, d, rngs=rngs)
+        self.o_proj = common.linear(cfg, HV, d, rngs=rngs, names=("heads", "embed"))
 
     def state_size(self, seq_len: int | None = None) -> int:
         """H * (K + V) * L floats: the keys and values of L = seq_len positions (window if smaller)."""

@@ -22,14 +22,25 @@ def compute_dtype(cfg: ModelConfig):
     return jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
 
 
+def axes(*names: str | None) -> dict:
+    """Variable metadata naming the logical axes of a parameter (e.g. ("embed", "mlp")).
+
+    `research.train.sharding.LOGICAL_AXIS_RULES` maps the names to mesh axes; the model code names
+    logical axes only. `eager_sharding=False` keeps construction free of any mesh.
+    """
+    return {"out_sharding": tuple(names), "eager_sharding": False}
+
+
 def linear(cfg: ModelConfig, d_in: int, d_out: int, *, rngs: nnx.Rngs, bias: bool = False,
-           bias_init=None) -> nnx.Linear:
-    """A Linear layer with the config's init (normal(init_std)) and compute dtype."""
+           bias_init=None, names: tuple[str | None, str | None] = ("embed", "heads")) -> nnx.Linear:
+    """A Linear layer [d_in] -> [d_out] with the config's init (normal(init_std)) and compute
+    dtype; `names` are the logical axes of its kernel [d_in, d_out]."""
     kw = {}
     if bias_init is not None:
         kw["bias_init"] = bias_init
     return nnx.Linear(d_in, d_out, use_bias=bias, dtype=compute_dtype(cfg), param_dtype=jnp.float32,
-                      kernel_init=nnx.initializers.normal(cfg.init_std), rngs=rngs, **kw)
+                      kernel_init=nnx.initializers.normal(cfg.init_std), rngs=rngs,
+                      kernel_metadata=axes(*names), bias_metadata=axes(names[1]), **kw)
 
 
 def constant_init(value):
@@ -42,9 +53,9 @@ def constant_init(value):
 class RMSNorm(nnx.Module):
     """RMSNorm over the last axis (computed in float32): x / rms(x) * scale. x: [..., dim]."""
 
-    def __init__(self, dim: int, *, eps: float = 1e-6):
+    def __init__(self, dim: int, *, eps: float = 1e-6, name: str = "embed"):
         self.eps = eps
-        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32))
+        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32), **axes(name))
 
     def __call__(self, x):
         x32 = x.astype(jnp.float32)
@@ -64,7 +75,8 @@ class ShortConv(nnx.Module):
         self.activation = activation
         bound = 1.0 / math.sqrt(width)  # PyTorch's Conv1d default for a depthwise conv
         self.weight = nnx.Param(
-            jax.random.uniform(rngs.params(), (width, channels), jnp.float32, -bound, bound)
+            jax.random.uniform(rngs.params(), (width, channels), jnp.float32, -bound, bound),
+            **axes("conv", "heads"),
         )
 
     def init_cache(self, batch_size: int, channels: int, dtype=jnp.float32):
@@ -97,9 +109,9 @@ class GatedMLP(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         F = cfg.mlp_hidden
-        self.gate_proj = linear(cfg, cfg.d_model, F, rngs=rngs)
-        self.up_proj = linear(cfg, cfg.d_model, F, rngs=rngs)
-        self.down_proj = linear(cfg, F, cfg.d_model, rngs=rngs)
+        self.gate_proj = linear(cfg, cfg.d_model, F, rngs=rngs, names=("embed", "mlp"))
+        self.up_proj = linear(cfg, cfg.d_model, F, rngs=rngs, names=("embed", "mlp"))
+        self.down_proj = linear(cfg, F, cfg.d_model, rngs=rngs, names=("mlp", "embed"))
 
     def __call__(self, x):
         return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))

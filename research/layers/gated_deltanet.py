@@ -35,7 +35,8 @@ def mamba_decay_init(cfg: ModelConfig, n_heads: int, rngs: nnx.Rngs):
         a = math.log(2.0) / (cfg.init_half_life * dt)
     else:
         a = jax.random.uniform(k_a, (n_heads,), jnp.float32, cfg.a_init_min, cfg.a_init_max)
-    return nnx.Param(jnp.log(a)), nnx.Param(dt_bias)
+    return (nnx.Param(jnp.log(a), **common.axes("heads")),
+            nnx.Param(dt_bias, **common.axes("heads")))
 
 class GatedDeltaNet(DeltaNet):
     """Gated DeltaNet mixer. __call__(x [B, T, D]) -> (y [B, T, D], cache or None)."""

@@ -47,16 +47,16 @@ class GLA(nnx.Module):
             bias = common.logsigmoid_bias_for_half_life(cfg.init_half_life, self.normalizer)
         if self.decay == "vector":
             r = cfg.gate_low_rank_dim
-            self.gk_down = common.linear(cfg, d, r, rngs=rngs)
-            self.gk_up = common.linear(cfg, r, HK, rngs=rngs, bias=True,
+            self.gk_down = common.linear(cfg, d, r, rngs=rngs, names=("embed", None))
+            self.gk_up = common.linear(cfg, r, HK, rngs=rngs, bias=True, names=(None, "heads"),
                                        bias_init=common.constant_init(bias))
         elif self.decay == "scalar":
             self.gs_proj = common.linear(cfg, d, H, rngs=rngs, bias=True,
                                          bias_init=common.constant_init(bias))
         if self.use_output_gate:
             self.g_proj = common.linear(cfg, d, HV, rngs=rngs)
-        self.o_norm = common.RMSNorm(self.head_v, eps=cfg.norm_eps)
-        self.o_proj = common.linear(cfg, HV, d, rngs=rngs)
+        self.o_norm = common.RMSNorm(self.head_v, eps=cfg.norm_eps, name="kv")
+        self.o_proj = common.linear(cfg, HV, d, rngs=rngs, names=("heads", "embed"))
 
     def state_size(self, seq_len: int | None = None) -> int:
         """Floats of recurrent state per sequence: H * K' * V (K' after the feature map)."""

@@ -45,8 +45,8 @@ class GSA(nnx.Module):
         self.conv = common.ShortConv(2 * HK + HV, cfg.conv_size, rngs=rngs) if cfg.conv_size else None
         if self.use_output_gate:
             self.g_proj = common.linear(cfg, d, HV, rngs=rngs)
-        self.o_norm = common.RMSNorm(self.head_v, eps=cfg.norm_eps)
-        self.o_proj = common.linear(cfg, HV, d, rngs=rngs)
+        self.o_norm = common.RMSNorm(self.head_v, eps=cfg.norm_eps, name="kv")
+        self.o_proj = common.linear(cfg, HV, d, rngs=rngs, names=("heads", "embed"))
 
     def state_size(self, seq_len: int | None = None) -> int:
         """H * M * (K' + V) floats per sequence (the key-slot and slot-value memories)."""

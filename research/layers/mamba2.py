@@ -39,9 +39,9 @@ class Mamba2(nnx.Module):
         self.in_proj = common.linear(cfg, d, sum(self.split), rngs=rngs)
         self.conv = common.ShortConv(E + 2 * N, cfg.conv_size, rngs=rngs) if cfg.conv_size else None
         self.A_log, self.dt_bias = mamba_decay_init(cfg, H, rngs)
-        self.D = nnx.Param(jnp.ones((H,), jnp.float32))
-        self.norm = common.RMSNorm(E, eps=cfg.norm_eps)
-        self.out_proj = common.linear(cfg, E, d, rngs=rngs)
+        self.D = nnx.Param(jnp.ones((H,), jnp.float32), **common.axes("heads"))
+        self.norm = common.RMSNorm(E, eps=cfg.norm_eps, name="heads")
+        self.out_proj = common.linear(cfg, E, d, rngs=rngs, names=("heads", "embed"))
 
     def state_size(self, seq_len: int | None = None) -> int:
         """H * N * P floats per sequence."""

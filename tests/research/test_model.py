@@ -221,3 +221,11 @@ def test_decode_equals_full_pass_at_default_chunk_size(name, kw):
         out, cache = step(tokens[:, a:b], cache)
         outs.append(out)
     assert rel_rms(jnp.concatenate(outs, 1), full) < 1e-4
+
+
+def test_every_parameter_names_its_logical_axes():
+    cfg = tiny(layer_pattern=MIXERS, n_layers=len(MIXERS), tie_embeddings=False)
+    abstract = nnx.eval_shape(lambda: research.LanguageModel(cfg, rngs=nnx.Rngs(0)))
+    for path, var in nnx.to_flat_state(nnx.state(abstract, nnx.Param)):
+        names = var.get_metadata().get("out_sharding")
+        assert names is not None and len(names) == len(var.shape), (path, names, var.shape)
