@@ -9,7 +9,7 @@ from research.data.text import text_sources
 
 def task_class(name: str):
     """The class in `research.tasks` called `name` (case-insensitive); ValueError lists them."""
-    import research.tasks as tasks
+    from research import tasks
     classes = {n.lower(): getattr(tasks, n) for n in getattr(tasks, "__all__", dir(tasks))
                if isinstance(getattr(tasks, n, None), type) and n != "Task"
                and hasattr(getattr(tasks, n), "__getitem__")}

@@ -54,7 +54,7 @@ def _package_dir(name: str) -> pathlib.Path:
     if spec is None or not spec.submodule_search_locations:
         raise ValueError(f"package {name!r} is not installed; install the text extra: "
                          "pip install -e '.[text]'")
-    return pathlib.Path(list(spec.submodule_search_locations)[0])
+    return pathlib.Path(next(iter(spec.submodule_search_locations)))
 
 
 def gpt2_bpe_files() -> tuple[pathlib.Path, pathlib.Path]:
@@ -233,7 +233,7 @@ def split_documents(docs: Sequence[np.ndarray], val_fraction: float
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     train, val = [], []
     for d in docs:
-        cut = int(round(len(d) * (1.0 - val_fraction)))
+        cut = round(len(d) * (1.0 - val_fraction))
         train.append(d[:cut])
         val.append(d[cut:])
     return train, val
@@ -269,7 +269,7 @@ def text_sources(source: str, *, seq_len: int, tokenizer: str = "byte",
             raise ValueError(f"paths must name exactly one token file, got {paths!r}")
         arr = load_token_file(paths[0], token_dtype)
         cut = int(len(arr) * (1.0 - val_fraction))
-        make = lambda a: TokenWindows(tokens=a, seq_len=seq_len, eot_token=tok.eot_token,  # noqa: E731
+        make = lambda a: TokenWindows(tokens=a, seq_len=seq_len, eot_token=tok.eot_token,
                                       vocab_size=tok.vocab_size)
         return make(arr[:cut]), make(arr[cut:])
     raise ValueError(f"source must be one of ('shakespeare', 'text', 'tokens'), got {source!r}")

@@ -102,7 +102,7 @@ class Checkpointer:
         for step in reversed(self.all_steps()):
             try:
                 state, data_state, meta = self.restore(step, abstract_state)
-            except Exception as e:  # noqa: BLE001 - any read failure means: try the older one
+            except Exception as e:  # noqa: BLE001 - any read failure: try the older one
                 bad.append(step)
                 older = [s for s in self.all_steps() if s < step]
                 warnings.warn(

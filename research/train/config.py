@@ -28,7 +28,7 @@ SECTIONS = ("model", "data", "optimizer", "train", "mesh", "checkpoint")
 
 def _check_int(name: str, value: Any, minimum: int | None = None, maximum: int | None = None):
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+        raise ValueError(f"{name} must be an integer, got {value!r}")  # noqa: TRY004
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     if maximum is not None and value > maximum:
@@ -38,7 +38,7 @@ def _check_int(name: str, value: Any, minimum: int | None = None, maximum: int |
 def _check_float(name: str, value: Any, minimum: float | None = None,
                  maximum: float | None = None, strict_min: bool = False):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
+        raise ValueError(f"{name} must be a number, got {value!r}")  # noqa: TRY004
     if minimum is not None and (value <= minimum if strict_min else value < minimum):
         raise ValueError(f"{name} must be {'>' if strict_min else '>='} {minimum}, got {value}")
     if maximum is not None and value > maximum:
@@ -91,7 +91,7 @@ class DataConfig:
         _check_choice("data.tokenizer", self.tokenizer, ("byte", "gpt2"))
         _check_choice("data.token_dtype", self.token_dtype, ("uint8", "uint16", "int32", "uint32"))
         if not isinstance(self.task_args, Mapping):
-            raise ValueError(f"data.task_args must be a mapping, got {self.task_args!r}")
+            raise ValueError(f"data.task_args must be a mapping, got {self.task_args!r}")  # noqa: TRY004
         for key in ("seed", "num_examples"):
             if key in self.task_args:
                 raise ValueError(
@@ -251,9 +251,10 @@ class Config:
                     "mesh": MeshConfig, "checkpoint": CheckpointConfig}
         for name, cls in expected.items():
             if not isinstance(getattr(self, name), cls):
-                raise ValueError(f"{name} must be a {cls.__name__}, got "
+                raise ValueError(f"{name} must be a {cls.__name__}, got "  # noqa: TRY004
                                  f"{type(getattr(self, name)).__name__}")
-        if self.optimizer.schedule != "constant" and self.optimizer.warmup_steps >= self.train.steps:
+        opt = self.optimizer
+        if opt.schedule != "constant" and opt.warmup_steps >= self.train.steps:
             raise ValueError(
                 f"optimizer.warmup_steps must be < train.steps for schedule "
                 f"{self.optimizer.schedule!r}, got warmup_steps={self.optimizer.warmup_steps}, "
@@ -294,7 +295,7 @@ def config_to_dict(config: Config) -> dict[str, Any]:
 def _type_hints(cls) -> dict[str, Any]:
     try:
         return typing.get_type_hints(cls)
-    except Exception:  # unresolved forward references: fall back to the raw annotations
+    except Exception:  # noqa: BLE001 - unresolved forward references: use the raw annotations
         return {f.name: f.type for f in dataclasses.fields(cls)}
 
 
@@ -385,7 +386,8 @@ def dataclass_from_dict(cls, data: Mapping[str, Any], prefix: str = "") -> Any:
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise ValueError(f"unknown keys {unknown} for {prefix or cls.__name__}; valid keys: {names}")
+        raise ValueError(
+            f"unknown keys {unknown} for {prefix or cls.__name__}; valid keys: {names}")
     kwargs = {k: _coerce(v, hints.get(k, Any), f"{prefix}.{k}" if prefix else k)
               for k, v in data.items()}
     return cls(**kwargs)
@@ -466,7 +468,7 @@ def _parse_for_type(text: str, tp: Any, name: str) -> Any:
         if text.lower() in ("none", "null", ""):
             return None
         rest = [a for a in args if a is not type(None)]
-        tp = rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]
+        tp = rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]  # noqa: UP007
         origin = typing.get_origin(tp)
     if tp is str:
         return text

@@ -37,7 +37,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     process_id = process_id if process_id is not None else _env_int("JAX_PROCESS_ID")
     if jax.distributed.is_initialized():
         return True
-    explicit = coordinator_address is not None or num_processes is not None or process_id is not None
+    explicit = any(v is not None for v in (coordinator_address, num_processes, process_id))
     if not explicit and not auto:
         return False
     if explicit:

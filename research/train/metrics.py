@@ -55,7 +55,7 @@ class MetricsWriter:
         self._tb = None
         if not enabled:
             return
-        self._file = open(self.path, "a", buffering=1)
+        self._file = open(self.path, "a", buffering=1)  # noqa: SIM115 - open for the whole run
         if tensorboard:
             from tensorboardX import SummaryWriter
             self._tb = SummaryWriter(str(self.tb_dir))

@@ -20,7 +20,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
 FSDP_AXIS = "fsdp"
@@ -73,7 +74,7 @@ def make_mesh(data: int = -1, fsdp: int = 1) -> Mesh:
         try:
             from jax.experimental import mesh_utils
             grid = mesh_utils.create_device_mesh((data, fsdp), devices=devices)
-        except Exception:  # unusual topologies: fall back to plain order
+        except Exception:  # noqa: BLE001 - unusual topologies: fall back to plain order
             grid = np.array(devices).reshape(data, fsdp)
     else:
         grid = np.array(devices[: data * fsdp]).reshape(data, fsdp)

@@ -339,7 +339,7 @@ def run(config: Config, workdir: str | pathlib.Path | None = None, *, preset: st
       ValueError: a config that does not fit the devices or the data.
     """
     if not isinstance(config, Config):
-        raise ValueError(f"config must be a research.train.Config, got {type(config).__name__}")
+        raise ValueError(f"config must be a research.train.Config, got {type(config).__name__}")  # noqa: TRY004
     t_start = time.time()
     workdir = pathlib.Path(workdir if workdir is not None else f"runs/{preset or 'run'}")
     workdir = workdir.absolute()

@@ -28,7 +28,7 @@ def test_batches_are_deterministic_and_reshuffled_per_epoch(task):
     # epoch 1 (batches 0-4) and epoch 2 (5-9) hold every example once, in different orders
     epoch1 = np.concatenate([x["tokens"] for x in a[:5]])
     epoch2 = np.concatenate([x["tokens"] for x in a[5:]])
-    key = lambda arr: sorted(map(bytes, arr))  # noqa: E731
+    key = lambda arr: sorted(map(bytes, arr))
     assert key(epoch1) == key(epoch2) == key(np.stack([task[i]["tokens"] for i in range(50)]))
     assert not np.array_equal(epoch1, epoch2)
 

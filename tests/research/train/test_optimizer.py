@@ -1,5 +1,7 @@
 """Learning-rate schedules, the weight-decay mask and the optimizer chain."""
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,7 +18,7 @@ def test_cosine_schedule_warms_up_then_decays_to_the_floor():
     assert float(sched(10)) == pytest.approx(1e-2)
     assert float(sched(100)) == pytest.approx(1e-3)
     values = [float(sched(s)) for s in range(10, 101)]
-    assert all(a >= b - 1e-12 for a, b in zip(values, values[1:]))
+    assert all(a >= b - 1e-12 for a, b in itertools.pairwise(values))
 
 
 @pytest.mark.parametrize("schedule", ["linear", "constant"])
