@@ -35,7 +35,7 @@ class Mamba2(nnx.Module):
         self.d_inner = H * self.head_dim
         self.use_output_gate = cfg.knob(self.name, "use_output_gate")
         N, E = self.d_state, self.d_inner
-        self.split = [E, E, N, N, H] if self.use_output_gate else [E, N, N, H]
+        self.split = (E, E, N, N, H) if self.use_output_gate else (E, N, N, H)
         self.in_proj = common.linear(cfg, d, sum(self.split), rngs=rngs)
         self.conv = common.ShortConv(E + 2 * N, cfg.conv_size, rngs=rngs) if cfg.conv_size else None
         self.A_log, self.dt_bias = mamba_decay_init(cfg, H, rngs)

@@ -223,9 +223,10 @@ def test_decode_equals_full_pass_at_default_chunk_size(name, kw):
     assert rel_rms(jnp.concatenate(outs, 1), full) < 1e-4
 
 
-def test_every_parameter_names_its_logical_axes():
+def test_every_parameter_names_its_logical_axes_and_the_graphdef_hashes():
     cfg = tiny(layer_pattern=MIXERS, n_layers=len(MIXERS), tie_embeddings=False)
     abstract = nnx.eval_shape(lambda: research.LanguageModel(cfg, rngs=nnx.Rngs(0)))
+    hash(nnx.graphdef(abstract))  # a jit static argument (research.generate) must hash
     for path, var in nnx.to_flat_state(nnx.state(abstract, nnx.Param)):
         names = var.get_metadata().get("out_sharding")
         assert names is not None and len(names) == len(var.shape), (path, names, var.shape)
