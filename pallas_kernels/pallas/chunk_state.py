@@ -32,8 +32,11 @@ states, h_final and v_new all flow back); the backward is a reverse pass over ch
 
 TPU flavour: grid (G, N) with the chunk axis "arbitrary" and the state in VMEM scratch (the
 forward keeps the full K x V state; value tiles are not needed for head dims <= 256).
-Triton flavour: grid (G, K / 64, V / 64) in the forward (K untiled when w is given) and (G,) in
-the backward; the chunk loop runs inside the kernel with the state as the loop carry.
+Triton flavour: the chunk loop runs inside the kernel with the state as the loop carry, over
+programs (G, K / 64, V / 64) (K untiled when w is given). The backward is split in two: that
+sequential reverse pass only carries dS_n (elementwise without w) and stores it per chunk; then
+one parallel kernel over (G, N) computes every chunk's gradients from dS_n, looping over value
+tiles. (The TPU flavour does both in one sequential pass.)
 """
 
 from __future__ import annotations
@@ -99,44 +102,52 @@ def _step_fwd(S, kd, vd, dk, dv, w):
     return Sn, u
 
 
-def _step_bwd(dS, S, kd, vd, dk, dv, w, dstate, dvnew):
-    """Reverse of one chunk. dS = dL/dS_n (f32 [K, V]), S = S_{n-1}. Returns
-    (dS_{n-1}, dkd [C, K], dvd [C, V], ddk [K, 1] | None, ddv [1, V] | None, dw [C, K] | None),
-    all float32; dstate [K, V] is the cotangent of the emitted S_{n-1}, dvnew [C, V] that of u_n."""
-    if w is None:
-        # Without the delta-rule correction, bf16 data keeps the matmuls in bf16 (f32 accumulation;
-        # the running dS stays f32): tensor cores on GPU, the MXU's native rate on TPU.
-        lowp = kd.dtype == vd.dtype and kd.dtype != F32
-        u = vd if lowp else vd.astype(F32)
-        dSm = dS.astype(kd.dtype) if lowp else dS
-    else:
-        u = vd.astype(F32) - mm(w, S)
-        dSm = dS
-    dU = mm(kd, dSm)                                  # [C, V]
-    if dvnew is not None:
-        dU = dU + dvnew.astype(F32)
-    dkd = mm_nt(u, dSm)                               # [C, K]
-    D = None
-    if dk is not None:
-        D = dk
-    if dv is not None:
-        D = dv if D is None else D * dv
+def _lowp(kd, vd, w):
+    """Without the delta-rule correction, bf16 data keeps the backward matmuls in bf16 (f32
+    accumulation; the running dS stays f32): tensor cores on GPU, the MXU's native rate on TPU."""
+    return w is None and kd.dtype == vd.dtype and kd.dtype != F32
+
+
+def _dU(dS, kd, dvnew, lowp):
+    """dL/du_n = kd_n dS_n (+ the cotangent of the emitted u_n): [C, V(tile)] float32."""
+    dU = mm(kd, dS.astype(kd.dtype) if lowp else dS)
+    return dU if dvnew is None else dU + dvnew.astype(F32)
+
+
+def _chunk_grads(dS, S, kd, vd, dk, dv, w, dvnew):
+    """Gradients of chunk n's inputs from dS = dL/dS_n and S = S_{n-1} (float32 [K, V]).
+
+    Works on a tile of value columns as well (vd, dv, dvnew, dS and S restricted to the tile;
+    dkd, ddk and dw are then partial sums over the tiles). Returns (dkd [C, K], dU [C, V],
+    ddk [K, 1] | None, ddv [1, V] | None, dw [C, K] | None), float32; dvd = dU.
+    """
+    lowp = _lowp(kd, vd, w)
+    u = vd if lowp else vd.astype(F32)
+    if w is not None:
+        u = u - mm(w, S)
+    dU = _dU(dS, kd, dvnew, lowp)
+    dkd = mm_nt(u, dS.astype(kd.dtype) if lowp else dS)
     ddk = ddv = None
-    if D is not None:
+    if dk is not None or dv is not None:
         dD = dS * S
         if dk is not None:
             ddk = jnp.sum(dD * dv if dv is not None else dD, axis=1, keepdims=True)
         if dv is not None:
             ddv = jnp.sum(dD * dk if dk is not None else dD, axis=0, keepdims=True)
-        dSp = dS * D
-    else:
-        dSp = dS
-    dw = None
+    dw = None if w is None else -mm_nt(dU, S)
+    return dkd, dU, ddk, ddv, dw
+
+
+def _reverse_step(dS, dU, dk, dv, w, dstate):
+    """dL/dS_{n-1} = D_n * dS_n - w_n^T dU_n + dstates_n (dU only used with w)."""
+    dSp = dS
+    if dk is not None:
+        dSp = dSp * dk
+    if dv is not None:
+        dSp = dSp * dv
     if w is not None:
-        dw = -mm_nt(dU, S)                            # [C, K]
         dSp = dSp - mm_tn(w, dU)
-    dSp = dSp + dstate
-    return dSp, dkd, dU, ddk, ddv, dw
+    return dSp + dstate
 
 
 # ----------------------------------------------------------------------------------------------
@@ -275,10 +286,12 @@ def _bwd_kernel_tpu(*refs, flags, n_chunks):
     def _init():
         dS_ref[...] = r["dhT"][...]
 
-    get = lambda nm: None if r[nm] is None else r[nm][...]
-    dSp, dkd, dU, ddk, ddv, dw = _step_bwd(
-        dS_ref[...], r["states"][...], r["kd"][...], r["vd"][...], get("dk"), get("dv"),
-        get("w"), r["dstates"][...], get("dvnew"))
+    get = lambda nm: None if r[nm] is None else r[nm][...]  # noqa: E731
+    dS = dS_ref[...]
+    dkd, dU, ddk, ddv, dw = _chunk_grads(
+        dS, r["states"][...], r["kd"][...], r["vd"][...], get("dk"), get("dv"), get("w"),
+        get("dvnew"))
+    dSp = _reverse_step(dS, dU, get("dk"), get("dv"), get("w"), r["dstates"][...])
     r["dkd"][...] = dkd.astype(r["dkd"].dtype)
     r["dvd"][...] = dU.astype(r["dvd"].dtype)
     if ddk is not None:
@@ -294,26 +307,47 @@ def _bwd_kernel_tpu(*refs, flags, n_chunks):
         r["dh0"][...] = dSp
 
 
-def _bwd_kernel_triton(*refs, flags, n_chunks):
+def _bwd_reverse_kernel_triton(*refs, flags, n_chunks):
+    """The sequential part on Triton: dS_n for every chunk (and dh0), on a (K, V) tile."""
     r = _unpack(refs, flags)
-    get = lambda nm, n: None if r[nm] is None else r[nm][n]
+    get = lambda nm, n: None if r[nm] is None else r[nm][n]  # noqa: E731
 
     def body(i, dS):
         n = n_chunks - 1 - i
-        dSp, dkd, dU, ddk, ddv, dw = _step_bwd(
-            dS, r["states"][n], r["kd"][n], r["vd"][n], get("dk", n), get("dv", n),
-            get("w", n), r["dstates"][n], get("dvnew", n))
-        r["dkd"][n, :, :] = dkd.astype(r["dkd"].dtype)
-        r["dvd"][n, :, :] = dU.astype(r["dvd"].dtype)
-        if ddk is not None:
-            r["ddk"][n, :, :] = ddk
-        if ddv is not None:
-            r["ddv"][n, :, :] = ddv
-        if dw is not None:
-            r["dw"][n, :, :] = dw.astype(r["dw"].dtype)
-        return dSp
+        r["dH"][n, :, :] = dS
+        dU = None
+        if r["w"] is not None:
+            dU = _dU(dS, r["kd"][n], get("dvnew", n), lowp=False)
+        return _reverse_step(dS, dU, get("dk", n), get("dv", n), get("w", n), r["dstates"][n])
 
     r["dh0"][...] = lax.fori_loop(0, n_chunks, body, r["dhT"][...])
+
+
+def _bwd_grads_kernel_triton(*refs, flags, block_v):
+    """The parallel part on Triton: one chunk's gradients from its dS_n, looping over V tiles."""
+    r = _unpack(refs, flags)
+    V = r["vd"].shape[-1]
+    get = lambda nm, vs: None if r[nm] is None else r[nm][:, vs]  # noqa: E731
+    dkd = ddk = dw = None
+    for j in range(V // block_v):
+        vs = pl.ds(j * block_v, block_v)
+        dkd_j, dU, ddk_j, ddv, dw_j = _chunk_grads(
+            r["dH"][:, vs], r["states"][:, vs], r["kd"][...], r["vd"][:, vs],
+            None if r["dk"] is None else r["dk"][...], get("dv", vs),
+            None if r["w"] is None else r["w"][...], get("dvnew", vs))
+        dkd = dkd_j if dkd is None else dkd + dkd_j
+        if ddk_j is not None:
+            ddk = ddk_j if ddk is None else ddk + ddk_j
+        if dw_j is not None:
+            dw = dw_j if dw is None else dw + dw_j
+        r["dvd"][:, vs] = dU.astype(r["dvd"].dtype)
+        if ddv is not None:
+            r["ddv"][:, vs] = ddv
+    r["dkd"][...] = dkd.astype(r["dkd"].dtype)
+    if ddk is not None:
+        r["ddk"][...] = ddk
+    if dw is not None:
+        r["dw"][...] = dw.astype(r["dw"].dtype)
 
 
 def _bwd_call(backend, kd, vd, decay_k, decay_v, w, states, dstates, dhT, dvnew):
@@ -354,19 +388,52 @@ def _bwd_call(backend, kd, vd, decay_k, decay_v, w, states, dstates, dhT, dvnew)
             interpret=backend.interpret, name="chunk_state_bwd",
         )(*inputs)
     else:
-        def spec(nm):
-            if nm in ("dhT", "dh0"):
-                return pl.BlockSpec((None, K, V), lambda g: (g, 0, 0))
-            return pl.BlockSpec((None, N) + blocks[nm], lambda g: (g, 0, 0, 0))
-
+        # Triton: a sequential reverse pass over (K, V) tiles that only carries dS (elementwise
+        # without w), then the per-chunk gradients in parallel over (G, N).
+        bk = K if has_w else min(K, 64)
+        bv = min(V, 64)
+        rev_in = [("kd", has_w), ("dk", dk is not None), ("dv", dv is not None), ("w", has_w),
+                  ("dstates", True), ("dhT", True), ("dvnew", dvnew is not None)]
+        rev_arrays = {"kd": kd, "dk": dk, "dv": dv, "w": w, "dstates": dstates, "dhT": dhT,
+                      "dvnew": dvnew}
+        tile = lambda d2, d3, f: pl.BlockSpec((None, N, d2, d3), f)  # noqa: E731
+        rev_specs = {
+            "kd": tile(C, K, lambda g, i, j: (g, 0, 0, 0)),
+            "dk": tile(bk, 1, lambda g, i, j: (g, 0, i, 0)),
+            "dv": tile(1, bv, lambda g, i, j: (g, 0, 0, j)),
+            "w": tile(C, K, lambda g, i, j: (g, 0, 0, 0)),
+            "dstates": tile(bk, bv, lambda g, i, j: (g, 0, i, j)),
+            "dhT": pl.BlockSpec((None, bk, bv), lambda g, i, j: (g, i, j)),
+            "dvnew": tile(C, bv, lambda g, i, j: (g, 0, 0, j)),
+        }
+        dH, dh0 = pl.pallas_call(
+            functools.partial(_bwd_reverse_kernel_triton, n_chunks=N,
+                              flags=rev_in + [("dH", True), ("dh0", True)]),
+            out_shape=[jax.ShapeDtypeStruct((G, N, K, V), F32), jax.ShapeDtypeStruct((G, K, V), F32)],
+            grid=(G, K // bk, V // bv),
+            in_specs=[rev_specs[nm] for nm, p in rev_in if p],
+            out_specs=[tile(bk, bv, lambda g, i, j: (g, 0, i, j)),
+                       pl.BlockSpec((None, bk, bv), lambda g, i, j: (g, i, j))],
+            compiler_params=_backend.compiler_params(backend, ("parallel",) * 3),
+            interpret=backend.interpret, name="chunk_state_bwd_reverse",
+        )(*[rev_arrays[nm] for nm, p in rev_in if p])
+        grad_in = [("kd", True), ("vd", True), ("dk", dk is not None), ("dv", dv is not None),
+                   ("w", has_w), ("states", True), ("dH", True), ("dvnew", dvnew is not None)]
+        grad_arrays = {"kd": kd, "vd": vd, "dk": dk, "dv": dv, "w": w, "states": states, "dH": dH,
+                       "dvnew": dvnew}
+        grad_out = [nm_p for nm_p in out_names if nm_p[0] != "dh0"]
+        blocks["dH"] = (K, V)
+        spec = lambda nm: pl.BlockSpec((None, None) + blocks[nm], lambda g, n: (g, n, 0, 0))  # noqa: E731
         outs = pl.pallas_call(
-            functools.partial(_bwd_kernel_triton, n_chunks=N, flags=names + out_names),
-            out_shape=out_shape, grid=(G,),
-            in_specs=[spec(nm) for nm, p in names if p],
-            out_specs=[spec(nm) for nm, p in out_names if p],
-            compiler_params=_backend.compiler_params(backend, ("parallel",), num_warps=8),
-            interpret=backend.interpret, name="chunk_state_bwd",
-        )(*inputs)
+            functools.partial(_bwd_grads_kernel_triton, block_v=bv, flags=grad_in + grad_out),
+            out_shape=[jax.ShapeDtypeStruct(*shapes[nm]) for nm, p in grad_out if p],
+            grid=(G, N),
+            in_specs=[spec(nm) for nm, p in grad_in if p],
+            out_specs=[spec(nm) for nm, p in grad_out if p],
+            compiler_params=_backend.compiler_params(backend, ("parallel", "parallel"), num_warps=8),
+            interpret=backend.interpret, name="chunk_state_bwd_grads",
+        )(*[grad_arrays[nm] for nm, p in grad_in if p])
+        outs = list(outs) + [dh0]
     outs = list(outs)
     res = {}
     for nm, p in out_names:
