@@ -114,10 +114,13 @@ def _state_pass_ref(kd, vd, dk, dv, h0, w):
     return jnp.stack(states, 1), S, (None if w is None else jnp.stack(us, 1))
 
 
-@BOTH
+@pytest.mark.parametrize("flavour,dims", [("tpu", (16, 32)), ("triton", (16, 32)),
+                                          ("triton", (128, 128))], indirect=["flavour"])
 @pytest.mark.parametrize("use_w", [False, True])
-def test_state_pass_stage(flavour, use_w):
-    G, N, C, K, V = 2, 3, 16, 16, 32
+def test_state_pass_stage(flavour, use_w, dims):
+    """(128, 128): several 64 x 64 state tiles in the Triton flavour's programs."""
+    G, N, C = (2, 3, 16) if dims[0] < 128 else (1, 2, 16)
+    K, V = dims
     ks = jax.random.split(jax.random.PRNGKey(3), 6)
     kd = 0.3 * jax.random.normal(ks[0], (G, N, C, K))
     vd = jax.random.normal(ks[1], (G, N, C, V))
