@@ -26,14 +26,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from research.tasks import ForgettingMQAR, RegularLanguages, dfa_metrics
+from research.tasks import ForgettingMQAR, RegularLanguages, dfa_metrics, stack
 from research.tasks.regular_languages import NUM_LETTERS
 
 _FORWARD_CACHE: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
 def forward_fn(model):
-    """A jitted `tokens int32 [B, T] -> logits float32 [B, T, V]` for `model` (cached per model).
+    """A jitted `(tokens int32 [B, T], segment_ids int32 [B, T] | None) -> logits float32
+    [B, T, V]` for `model` (cached per model).
 
     The parameters are captured by value when first called: rebuild after training further.
     """
@@ -45,8 +46,15 @@ def forward_fn(model):
         def _fwd(state, tokens):
             return nnx.merge(graphdef, state)(tokens)
 
-        def fn(tokens):
-            return _fwd(state, jnp.asarray(tokens, jnp.int32))
+        @jax.jit
+        def _fwd_seg(state, tokens, segment_ids):
+            return nnx.merge(graphdef, state)(tokens, segment_ids=segment_ids)
+
+        def fn(tokens, segment_ids=None):
+            tokens = jnp.asarray(tokens, jnp.int32)
+            if segment_ids is None:
+                return _fwd(state, tokens)
+            return _fwd_seg(state, tokens, jnp.asarray(segment_ids, jnp.int32))
 
         _FORWARD_CACHE[model] = fn
     return fn
@@ -79,7 +87,8 @@ def evaluate_task(model, task, num_examples: int = 256, batch_size: int = 32,
 
     Args:
       model: a LanguageModel (or any nnx.Module mapping int tokens [B, T] to logits [B, T, V]).
-      task: a `research.tasks` source.
+      task: a `research.tasks` source, or any random-access source of examples
+        {"tokens", "targets", "loss_mask"[, "segment_ids"]} (e.g. text windows).
       num_examples: examples to score (clipped to the task's length).
       batch_size: forward batch.
       start: first example index.
@@ -96,19 +105,21 @@ def evaluate_task(model, task, num_examples: int = 256, batch_size: int = 32,
     if n < 1:
         raise ValueError(f"start={start} leaves no examples in a task of {len(task)}")
     fwd = forward_fn(model)
+    vocab = getattr(task, "vocab_size", None)
     sums = {"nll": 0.0, "right": 0, "positions": 0, "seq_right": 0, "stale": 0,
             "dfa_n": 0, "dfa_acc": 0.0, "dfa_tvd": 0.0}
     for lo in range(start, start + n, batch_size):
         idx = np.arange(lo, min(lo + batch_size, start + n))
-        batch = task.batch(idx)
-        tokens = batch["tokens"]
+        batch = stack([task[int(i)] for i in idx])
+        tokens, seg = batch["tokens"], batch.get("segment_ids")
         pad = batch_size - len(idx)
         if pad:  # keep one compiled shape
             tokens = np.concatenate([tokens, np.repeat(tokens[-1:], pad, 0)])
-        logits = fwd(tokens)[: len(idx)]                                  # [b, T, V] on device
-        if logits.shape[-1] < task.vocab_size:
+            seg = None if seg is None else np.concatenate([seg, np.repeat(seg[-1:], pad, 0)])
+        logits = fwd(tokens, seg)[: len(idx)]                             # [b, T, V] on device
+        if vocab is not None and logits.shape[-1] < vocab:
             raise ValueError(f"model vocabulary {logits.shape[-1]} is smaller than the task's "
-                             f"vocab_size={task.vocab_size}")
+                             f"vocab_size={vocab}")
         targets, mask = batch["targets"], batch["loss_mask"]
         logp = jax.nn.log_softmax(logits, axis=-1)
         nll = -np.asarray(jnp.take_along_axis(logp, jnp.asarray(targets)[..., None], -1)[..., 0])

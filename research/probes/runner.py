@@ -7,8 +7,9 @@ the task the model was trained on; probes evaluate on the held-out evaluation so
 trainer builds from it (`research.data.build_sources`), so no training example is scored.
 
 Probes (`PROBES`; "all" of those that apply to the task run when `names` is None):
-  task        per-task metrics (`evaluate_task`)                           task.json
+  task        per-task metrics (`evaluate_task`; text: held-out loss)      task.json
   length      length extrapolation, factors x the training length         length.json/png
+              (accuracy on tasks; next-token loss on text)
   kv_pairs    recall vs number of kv pairs (MQAR tasks)                    kv_pairs.json/png
   passkey     length x depth grid (Passkey task)                           passkey.json/png
   decay       per-head half-life statistics (mixers with `log_decay`)      decay.json/png
@@ -74,8 +75,9 @@ class ProbeSettings:
 
 
 def applicable_probes(task) -> list[str]:
-    """The probes that make sense for a model trained on `task` (None: a text model)."""
-    names = ["task", "length"] if task is not None else []
+    """The probes that make sense for a model trained on `task` (None: a text model, for which
+    `task` and `length` report the next-token loss on held-out text)."""
+    names = ["task", "length"]
     if isinstance(task, (MQAR, ForgettingMQAR)):
         names.append("kv_pairs")
     if isinstance(task, Passkey):
@@ -112,6 +114,13 @@ def eval_task_of(config) -> Any:
     return build_sources(config.data, seed)[1]
 
 
+def text_eval_source(config, length: int):
+    """The held-out text windows of a text run's config, `length` tokens each."""
+    from research.data import build_sources
+    seed = config.data.seed if config.data.seed is not None else config.train.seed
+    return build_sources(dataclasses.replace(config.data, seq_len=int(length)), seed)[1]
+
+
 def _sample_tokens(config, task, n: int, length: int) -> np.ndarray:
     """int32 [n, length] inputs for the dynamics probes: task examples at that length, or
     evaluation text windows for text models."""
@@ -123,9 +132,7 @@ def _sample_tokens(config, task, n: int, length: int) -> np.ndarray:
             per_row = -(-length // task.seq_len)
             toks = task.batch(range(n * per_row))["tokens"].reshape(n, -1)
             return toks[:, :length]
-    from research.data import build_sources
-    seed = config.data.seed if config.data.seed is not None else config.train.seed
-    evals = build_sources(dataclasses.replace(config.data, seq_len=length), seed)[1]
+    evals = text_eval_source(config, length)
     return np.stack([evals[i]["tokens"] for i in range(min(n, len(evals)))])
 
 
@@ -155,16 +162,27 @@ def run_probes(model, config, outdir, names: Sequence[str] | None = None,
     summary: dict[str, Any] = {}
     for name in names:
         if name == "task":
-            r = evaluate_task(model, task, s.num_examples, s.batch_size)
+            source = task if task is not None else text_eval_source(config, train_len)
+            r = evaluate_task(model, source, s.num_examples, s.batch_size)
             _write_json(out / "task.json", r)
             summary.update({f"task/{k}": v for k, v in r.items()})
         elif name == "length":
-            r = length_extrapolation(model, task, s.factors, s.num_examples, s.batch_size)
+            if task is not None:
+                r = length_extrapolation(model, task, s.factors, s.num_examples, s.batch_size)
+                metric, title = "accuracy", f"length extrapolation ({type(task).__name__})"
+            else:  # text: next-token loss on held-out windows of each length
+                r = []
+                for f in s.factors:
+                    n = round(train_len * f)
+                    r.append({"factor": float(f), "seq_len": n, **evaluate_task(
+                        model, text_eval_source(config, n), s.num_examples, s.batch_size)})
+                metric, title = "loss", "length extrapolation (held-out text)"
             _write_json(out / "length.json", r)
-            plots.plot_lines(r, "seq_len", "accuracy", out / "length.png", logx=True,
-                             vline=train_len, ylim=(0, 1.02),
-                             title=f"length extrapolation ({type(task).__name__})")
-            summary.update({f"length/accuracy@{row['factor']:g}x": row["accuracy"] for row in r})
+            plots.plot_lines(r, "seq_len", metric, out / "length.png", logx=True,
+                             vline=train_len, ylim=(0, 1.02) if metric == "accuracy" else None,
+                             title=title)
+            summary.update({f"length/{metric}@{row['factor']:g}x": row[metric]
+                            for row in r if metric in row})
         elif name == "kv_pairs":
             r = recall_vs_kv_pairs(model, task, s.kv_pairs, s.num_examples, s.batch_size)
             _write_json(out / "kv_pairs.json", r)

@@ -129,3 +129,17 @@ def test_run_probes_writes_json_and_png(tmp_path):
         assert (tmp_path / f"{name}.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="passkey"):
         run_probes(model, config, tmp_path, names=["passkey"], settings=settings)
+
+
+def test_run_probes_on_a_text_model(tmp_path):
+    from research.train.config import get_preset
+    config = get_preset("shakespeare-byte").override(
+        "model.d_model=16", "model.n_layers=1", "model.d_ff=32", "data.seq_len=32")
+    model = research.LanguageModel(config.model, rngs=nnx.Rngs(0))
+    settings = ProbeSettings(num_examples=4, batch_size=4, factors=(1, 2), decay_examples=2,
+                             state_norm_examples=2, state_norm_chunk=16)
+    results = run_probes(model, config, tmp_path, settings=settings)
+    assert set(results) == {"task", "length", "decay", "state_norm"}
+    assert [r["seq_len"] for r in results["length"]] == [32, 64]
+    assert all(4.0 < r["loss"] < 7.0 for r in results["length"])  # ~ln(256) untrained
+    assert (tmp_path / "length.png").exists()
