@@ -92,20 +92,31 @@ def sample_dfa(rng: np.random.Generator) -> DFA:
 def random_walk_stream(dfa: DFA, length: int, rng: np.random.Generator):
     """`length` tokens of strings from `dfa` joined by SEPARATOR, with the state before each token.
 
-    Returns (tokens int64 [length], states int64 [length]): `states[t]` is the DFA state after
-    reading `tokens[:t]` of the current string (0 right after a separator).
+    Each string has a length uniform in [1, 49]; each step takes one of the current state's edges
+    uniformly. Returns (tokens int64 [length], states int64 [length]): `states[t]` is the DFA
+    state after reading the current string's tokens before t (0 right after a separator).
     """
+    out = [np.flatnonzero(row >= 0).tolist() for row in dfa.transitions]
+    nxt = dfa.transitions.tolist()
+    # Enough draws for the worst cases: every string of length 1 (one string per two tokens),
+    # and a last string that runs up to 49 letters past `length`.
+    lengths = rng.integers(MIN_STRING_LEN, MAX_STRING_LEN + 1, size=length + 1).tolist()
+    picks = rng.random(length + MAX_STRING_LEN + 1).tolist()
     tokens, states = [], []
-    while len(tokens) < length:
+    i = 0
+    for n in lengths:
         s = 0
-        for _ in range(int(rng.integers(MIN_STRING_LEN, MAX_STRING_LEN + 1))):
-            letters = np.flatnonzero(dfa.transitions[s] >= 0)
-            a = int(rng.choice(letters))
+        for _ in range(n):
+            letters = out[s]
+            a = letters[int(picks[i] * len(letters))]
+            i += 1
             tokens.append(a)
             states.append(s)
-            s = int(dfa.transitions[s, a])
+            s = nxt[s][a]
         tokens.append(SEPARATOR)
         states.append(s)
+        if len(tokens) >= length:
+            break
     return np.asarray(tokens[:length]), np.asarray(states[:length])
 
 

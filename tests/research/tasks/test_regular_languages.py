@@ -119,3 +119,18 @@ def test_bad_config():
         RegularLanguages(vocab_size=10)
     with pytest.raises(ValueError, match="test_fraction"):
         RegularLanguages(test_fraction=1.0)
+
+
+def test_walk_picks_edges_uniformly():
+    from research.tasks.regular_languages import random_walk_stream
+    transitions = np.full((4, NUM_LETTERS), -1, dtype=np.int32)
+    transitions[0, [2, 5, 7]] = [1, 2, 3]
+    transitions[1:, 0] = 0
+    dfa = DFA(transitions, np.array([0, 2, 5, 7], dtype=np.int32))
+    stream, states = random_walk_stream(dfa, 30_000, np.random.default_rng(0))
+    from_start = stream[(states == 0) & (stream != SEPARATOR)]
+    counts = np.bincount(from_start, minlength=NUM_LETTERS)[[2, 5, 7]]
+    assert np.all(np.abs(counts / counts.sum() - 1 / 3) < 0.02), counts
+    lengths = np.diff(np.flatnonzero(stream == SEPARATOR)) - 1
+    assert lengths.min() >= 1 and lengths.max() <= 49
+    assert abs(np.mean(lengths) - 25) < 1.5
