@@ -4,6 +4,7 @@
     python -m experiments.sweep experiments/sweeps/state_size_tiny.py
     python -m experiments.sweep experiments/sweeps/decay.py --workdir runs/decay --jobs 2
     python -m experiments.sweep experiments/sweeps/state_size.py --dry-run   # list the runs
+    python -m experiments.sweep experiments/sweeps/state_size.py --only gla- --only attention
     python -m experiments.sweep experiments/sweeps/demo.py --report EXPERIMENTS.md
 
 A sweep file defines RUNS (named training configs with tags) and FIGURES (see
@@ -18,6 +19,7 @@ that Markdown report (table, figures, comparison with published findings; see
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pathlib
 import shlex
 import sys
@@ -32,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="list the runs, their state sizes and status; train nothing")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once (default 1)")
+    p.add_argument("--only", action="append", default=None, metavar="SUBSTRING",
+                   help="run only the runs whose name contains SUBSTRING (repeatable)")
     p.add_argument("--report", default=None, metavar="PATH",
                    help="also write this sweep's section of a Markdown report, e.g. EXPERIMENTS.md")
     return p
@@ -47,6 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.only:
+        runs = tuple(r for r in sweep.runs if any(o in r.name for o in args.only))
+        if not runs:
+            print(f"error: no run name contains any of {args.only}; runs: "
+                  f"{[r.name for r in sweep.runs]}", file=sys.stderr)
+            return 2
+        sweep = dataclasses.replace(sweep, runs=runs)
     if args.jobs < 1:
         print(f"error: --jobs must be >= 1, got {args.jobs}", file=sys.stderr)
         return 2
@@ -57,9 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         tags = [t for r in sweep.runs for t in r.tags]
         print(markdown_table(rows, columns(rows, tags)))
         return 0
-    command = "python -m experiments.sweep " + " ".join(
-        shlex.quote(a) for a in ([args.sweep] + (["--workdir", args.workdir] if args.workdir
-                                                  else [])))
+    parts = [args.sweep] + (["--workdir", args.workdir] if args.workdir else [])
+    for o in args.only or []:
+        parts += ["--only", o]
+    command = "python -m experiments.sweep " + " ".join(shlex.quote(a) for a in parts)
     rows = run_sweep(sweep, workdir, jobs=args.jobs, command=command)
     if args.report:
         from research.sweep.report import section, update_report

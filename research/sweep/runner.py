@@ -20,6 +20,7 @@ import concurrent.futures
 import dataclasses
 import json
 import multiprocessing
+import os
 import pathlib
 import sys
 import time
@@ -188,6 +189,8 @@ def run_sweep(sweep: Sweep, workdir: str | pathlib.Path, jobs: int = 1,
             report(run, _safe_train(run, str(workdir / "runs" / run.name),
                                     sweep.eval_examples), t0)
     else:
+        # Several processes share the accelerator: none may grab most of its memory up front.
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
         ctx = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
             t0 = time.time()

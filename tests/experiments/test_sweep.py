@@ -191,3 +191,11 @@ def test_report_sections_and_comparison(tmp_path):
     body = path.read_text()
     assert body.startswith("# Experiments") and "A2" in body and "A1" not in body
     assert body.index("A2") < body.index("B1")
+
+
+def test_only_filters_runs(tmp_path, capsys):
+    code, out, _ = _run_cli([SWEEPS / "decay_tiny.py", "--workdir", tmp_path, "--dry-run",
+                             "--only", "dfa", "--only=-none"], capsys)
+    assert code == 0 and "2 runs" in out and "dfa-vector" in out and "-fixed" not in out
+    code, _, err = _run_cli([SWEEPS / "decay_tiny.py", "--only", "nothing-matches"], capsys)
+    assert code == 2 and "no run name" in err
