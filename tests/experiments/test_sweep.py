@@ -199,3 +199,16 @@ def test_only_filters_runs(tmp_path, capsys):
     assert code == 0 and "2 runs" in out and "dfa-vector" in out and "-fixed" not in out
     code, _, err = _run_cli([SWEEPS / "decay_tiny.py", "--only", "nothing-matches"], capsys)
     assert code == 2 and "no run name" in err
+
+
+@pytest.mark.parametrize("name", ["state_size", "decay", "demo", "state_size_tiny", "decay_tiny"])
+def test_every_shipped_sweep_builds_its_models(name, tmp_path):
+    """Each sweep file loads and every run's model builds (abstractly) with a state size."""
+    from research.sweep import describe
+    sweep = load_sweep(SWEEPS / f"{name}.py")
+    rows = describe(sweep, tmp_path)
+    assert len(rows) == len(sweep.runs)
+    assert all(r["state_size"] > 0 and r["num_params"] > 0 and r["status"] == "todo"
+               for r in rows)
+    if name.endswith("_tiny"):
+        assert all(r.config.train.steps <= 50 for r in sweep.runs)
