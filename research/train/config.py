@@ -167,6 +167,8 @@ class TrainConfig:
         float32 master weights and optimizer state).
       progress: show a tqdm progress bar (on process 0).
       target_accuracy: if set, `run` reports whether the final eval/accuracy reached it.
+      stop_at_target: stop (with a checkpoint) at the first evaluation whose accuracy reaches
+        `target_accuracy`; a rerun then has nothing left to train.
     """
 
     steps: int = 1000
@@ -177,6 +179,7 @@ class TrainConfig:
     compute_dtype: str = "float32"
     progress: bool = True
     target_accuracy: float | None = None
+    stop_at_target: bool = False
 
     def __post_init__(self):
         _check_int("train.steps", self.steps, 1)
@@ -187,6 +190,8 @@ class TrainConfig:
         _check_choice("train.compute_dtype", self.compute_dtype, ("float32", "bfloat16"))
         if self.target_accuracy is not None:
             _check_float("train.target_accuracy", self.target_accuracy, 0.0, 1.0)
+        if self.stop_at_target and self.target_accuracy is None:
+            raise ValueError("train.stop_at_target needs train.target_accuracy, got None")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -576,17 +581,26 @@ def _model(**kw):
 
 @register_preset("mqar-tiny")
 def _mqar_tiny() -> Config:
-    """The demo: a 2-layer d_model 64 GLA (short conv) on MQAR (V=256, L=64, 4 kv pairs)."""
+    """The demo: a 2-layer d_model 64 GLA (short conv width 4) on MQAR (V=256, L=64, 4 kv pairs),
+    evaluated every 100 steps and stopped once eval accuracy reaches 0.9.
+
+    Measured (2 shared CPU cores): with the gate biases at their default (half-life ~16 tokens
+    at init) GLA stayed at chance for 1000 steps; starting the decay slow (`init_half_life=1024`)
+    and keeping the learning rate constant after warmup, it reached 0.90 eval accuracy at step
+    1500. `d_ff=64` keeps a step cheap.
+    """
     return Config(
-        model=_model(mixer="gla", vocab_size=256, d_model=64, n_layers=2, n_heads=2),
+        model=_model(mixer="gla", vocab_size=256, d_model=64, n_layers=2, n_heads=2, d_ff=64,
+                     conv_size=4, init_half_life=1024.0),
         data=DataConfig(source="task", task="MQAR",
                         task_args={"vocab_size": 256, "seq_len": 64, "num_kv_pairs": 4},
                         train_examples=100_000, eval_examples=1_000, batch_size=64),
-        optimizer=OptimizerConfig(lr=3e-3, warmup_steps=100, clip_norm=1.0, weight_decay=0.1),
-        train=TrainConfig(steps=1000, log_every=10, eval_every=250, eval_batches=8,
-                          target_accuracy=0.9),
+        optimizer=OptimizerConfig(lr=3e-3, schedule="constant", warmup_steps=100,
+                                  clip_norm=1.0, weight_decay=0.1),
+        train=TrainConfig(steps=3000, log_every=10, eval_every=100, eval_batches=8,
+                          target_accuracy=0.9, stop_at_target=True),
         mesh=MeshConfig(),
-        checkpoint=CheckpointConfig(every=250, keep=3),
+        checkpoint=CheckpointConfig(every=500, keep=3),
     )
 
 

@@ -401,6 +401,8 @@ def run(config: Config, workdir: str | pathlib.Path | None = None, *, preset: st
     else:
         state = setup.init_state()
     start = int(resumed_from or 0)
+    if tc.stop_at_target and restored_meta.get("reached_target"):
+        start = tc.steps  # stopped at the target before: nothing left to train
     n_params = _num_params(state["params"])
 
     writer = MetricsWriter(workdir, enabled=is_main)
@@ -430,7 +432,7 @@ def run(config: Config, workdir: str | pathlib.Path | None = None, *, preset: st
     last_train: dict[str, float] = {}
     last_eval: dict[str, float] = {}
     interrupted = None
-    step = start
+    step = int(resumed_from or 0)
     try:
         for step in range(start + 1, tc.steps + 1):
             local = next(train_iter)
@@ -440,8 +442,16 @@ def run(config: Config, workdir: str | pathlib.Path | None = None, *, preset: st
             if pbar is not None:
                 pbar.update(1)
             stop_now = stop.agreed()
-            is_ckpt = step % config.checkpoint.every == 0 or step == tc.steps or stop_now
             is_eval = (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps
+            reached = False
+            if is_eval:
+                t_eval = time.time()
+                last_eval = evaluate(eval_jit, state["params"], setup.rest, eval_data, mesh)
+                window_t0 += time.time() - t_eval  # keep evaluation out of tokens/s
+                reached = bool(tc.stop_at_target
+                               and last_eval["eval/accuracy"] >= tc.target_accuracy)
+            is_ckpt = (step % config.checkpoint.every == 0 or step == tc.steps or stop_now
+                       or reached)
             if step % tc.log_every == 0 or is_ckpt or is_eval:
                 host = jax.device_get(window)
                 losses = [float(m["loss"]) for m in host]
@@ -472,7 +482,6 @@ def run(config: Config, workdir: str | pathlib.Path | None = None, *, preset: st
                                      refresh=False)
                 window, window_tokens, window_t0 = [], 0, time.time()
             if is_eval:
-                last_eval = evaluate(eval_jit, state["params"], setup.rest, eval_data, mesh)
                 writer.write(step, last_eval)
                 if pbar is not None:
                     pbar.set_postfix(loss=f"{last_train.get('train/loss', float('nan')):.4f}",
@@ -483,11 +492,17 @@ def run(config: Config, workdir: str | pathlib.Path | None = None, *, preset: st
             if is_ckpt:
                 checkpointer.save(step, state, train_iter.get_state(),
                                   {"step": step, "train/loss": final_loss,
-                                   "time": time.time()}, wait=stop_now)
+                                   "reached_target": reached, "time": time.time()},
+                                  wait=stop_now)
                 last_good_ckpt = step
                 window_t0 = time.time()  # do not count the save in tokens/s
             if stop_now:
                 interrupted = stop.signal_name or "remote"
+                break
+            if reached:
+                _say(verbose, f"  step {step}: eval accuracy "
+                     f"{last_eval['eval/accuracy']:.4f} reached the target "
+                     f"{tc.target_accuracy}; stopping")
                 break
             if _stop_after is not None and step >= _stop_after:
                 break

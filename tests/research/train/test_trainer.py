@@ -127,3 +127,14 @@ def test_bad_mesh_and_batch_errors(tmp_path):
         rt.run(tiny("optimizer.grad_accum=3"), tmp_path / "b", verbose=False)
     with pytest.raises(ValueError, match="vocab"):
         rt.run(tiny("model.vocab_size=16"), tmp_path / "c", verbose=False)
+
+
+def test_stop_at_target_stops_at_the_first_eval_that_reaches_it(tmp_path):
+    cfg = tiny("train.target_accuracy=0.0", "train.stop_at_target=true", "train.eval_every=4")
+    first = rt.run(cfg, tmp_path / "run", verbose=False)
+    assert first["step"] == 4 and first["reached_target"] is True
+    assert 4 in rt.Checkpointer(tmp_path / "run" / "checkpoints").all_steps()
+    again = rt.run(cfg, tmp_path / "run", verbose=False)
+    assert again["resumed_from"] == 4 and again["step"] == 4 and again["reached_target"]
+    with pytest.raises(ValueError, match="stop_at_target needs train.target_accuracy"):
+        tiny("train.stop_at_target=true", "train.target_accuracy=none")
