@@ -31,7 +31,7 @@ def test_required_keys_override_with_types():
         "model.mixer=deltanet", "train.steps=123", "train.seed=7", "checkpoint.every=11",
         "mesh.data=2", "mesh.fsdp=4", "optimizer.lr=1e-3", "train.progress=false",
         "data.task_args.num_kv_pairs=8", "model.layer_pattern=deltanet,attention",
-        "train.target_accuracy=none")
+        "train.stop_at_target=false", "train.target_accuracy=none")
     assert cfg.model.mixer == "deltanet"
     assert cfg.train.steps == 123 and isinstance(cfg.train.steps, int)
     assert cfg.train.seed == 7 and cfg.checkpoint.every == 11
@@ -74,8 +74,9 @@ def test_bad_values_name_the_allowed_range(override, message):
 
 def test_warmup_must_fit_in_steps():
     with pytest.raises(ValueError, match="warmup_steps must be < train.steps"):
-        rt.get_preset("mqar-tiny").override("train.steps=50")
-    cfg = rt.get_preset("mqar-tiny").override("train.steps=50", "optimizer.warmup_steps=5")
+        rt.get_preset("mqar-tiny").override("optimizer.schedule=cosine", "train.steps=50")
+    cfg = rt.get_preset("mqar-tiny").override("optimizer.schedule=cosine", "train.steps=50",
+                                              "optimizer.warmup_steps=5")
     assert cfg.train.steps == 50
 
 
