@@ -47,7 +47,7 @@ def _flatten(d, prefix=""):
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit status (0: trained or stopped by a signal and saved)."""
-    args = _parser().parse_args(argv)
+    args = _parser().parse_intermixed_args(argv)
     # jax.distributed must start before anything touches a device
     from research.train.distributed import initialize
     try:
