@@ -128,8 +128,11 @@ def compare(op, inputs, h0, seg, *, impl, dtype=jnp.float32, chunk_size=16, scal
     ws = jax.tree.map(lambda a: rng.standard_normal(np.shape(a)), h0 if h0 is not None else
                       _zero_state(op, inputs))
     argn = (0, 1) if h0 is not None else (0,)
-    (_, (o, s)), grads = jax.value_and_grad(loss, argnums=argn, has_aux=True)(
+    # One jitted computation: eager ops interleaved with interpret-mode kernels (whose callbacks
+    # dispatch ops of their own) can deadlock the CPU client.
+    (_, (o, s)), grads = jax.jit(jax.value_and_grad(loss, argnums=argn, has_aux=True))(
         cast, h0c, jnp.asarray(wo, jnp.float32), jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), ws))
+    jax.block_until_ready(grads)
     got = {"o": o, "state": s}
     got.update({f"d{n}": g for n, g in zip(("q", "k", "v", *GATES[op]), grads[0])})
     if h0 is not None:
@@ -148,7 +151,8 @@ def compare(op, inputs, h0, seg, *, impl, dtype=jnp.float32, chunk_size=16, scal
                 jnp.sum(a * b) for a, b in zip(jax.tree.leaves(s), jax.tree.leaves(ws))
             ), (o, s)
 
-        (_, (o64, s64)), g64 = jax.value_and_grad(loss64, argnums=argn, has_aux=True)(xs64, h64)
+        (_, (o64, s64)), g64 = jax.jit(jax.value_and_grad(loss64, argnums=argn, has_aux=True))(
+            xs64, h64)
         want = {"o": o64, "state": s64}
         want.update({f"d{n}": g for n, g in zip(("q", "k", "v", *GATES[op]), g64[0])})
         if h0 is not None:
