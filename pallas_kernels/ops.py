@@ -54,7 +54,12 @@ def _run(op, q, k, v, gates, *, scale, initial_state, output_final_state, segmen
     if initial_state is not None:
         initial_state = jax.tree.map(lambda s: s.astype(jnp.float32), initial_state)
     if segment_ids is not None:
-        segment_ids = segment_ids.astype(jnp.int32)
+        # Resets happen where the id changes; numbering the segments 0, 1, 2, ... makes an id that
+        # comes back later (1, 2, 1) a new segment in every path's masks too.
+        change = (segment_ids[:, 1:] != segment_ids[:, :-1]).astype(jnp.int32)
+        segment_ids = jnp.concatenate(
+            [jnp.zeros_like(change[:, :1]), jnp.cumsum(change, axis=1)], axis=1
+        )
     if path == "reference":
         o, state = getattr(reference, op)(
             q, k, v, *gates, scale=scale, initial_state=initial_state, segment_ids=segment_ids

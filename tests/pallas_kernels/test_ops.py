@@ -74,6 +74,15 @@ def test_property_shapes(op, T, H, K, V, chunk, segments):
     assert max(errs.values()) < 1e-3, errs
 
 
+@pytest.mark.parametrize("op", ["gla", "gated_delta_rule"])
+def test_segment_id_that_comes_back_is_a_new_segment(op):
+    """Ids 0 0 1 1 0 0 ...: every change resets, even back to an id seen before in the chunk."""
+    inputs, h, _ = make_inputs(op, B=1, T=40, segments=False)
+    seg = (np.arange(40)[None] // 5 % 2).astype(np.int32)
+    errs = compare(op, inputs, h, seg, impl="xla", chunk_size=32)
+    assert max(errs.values()) < 1e-3, errs
+
+
 def test_chunk_size_does_not_change_the_answer():
     inputs, h, seg = make_inputs("gla", T=90, K=16, V=16, decay=3.0)
     outs = [pallas_kernels.gla(*inputs, initial_state=h, segment_ids=seg, chunk_size=c,
