@@ -31,6 +31,10 @@ demo: setup
 bench-ops: setup
 	$(PY) -m experiments.bench_ops
 
+# The small ablation: GLA, DeltaNet and attention on MQAR at two state sizes (< 10 min on 2 CPU cores).
+ablation: setup
+	$(PY) -m experiments.sweep experiments/sweeps/demo.py --workdir runs/ablation
+
 bench: setup
 	$(PY) -m experiments.bench_kernels
 
