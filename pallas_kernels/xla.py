@@ -5,7 +5,7 @@ The stages (DESIGN.md §3), shared by every family:
   2. intra-chunk scores: `_intra_scalar`, `_intra_key` (per-key-channel gates) and `_intra_value`
      (per-value-channel gates), the latter two built over a hierarchy of sub-blocks so that no
      exp(+x) occurs;
-     for the delta rule, the WY factors (`_wy`);
+     for the delta rule, the WY factors (`_wy`, through `unit_lower_inverse`);
   3. `state_pass`: S_n = decay_n S_{n-1} + kd_n^T (vd_n - w_n S_{n-1}), sequential over chunks;
   4. output: o = (q * decay_in) S_{n-1} + intra.
 Gradients come from JAX autodiff of these stages.
@@ -271,16 +271,38 @@ def gsa(q, k, v, s, g, *, scale, initial_state=None, segment_ids=None, chunk_siz
     return o, (A_N, B_N)
 
 
+def unit_lower_inverse(lower):
+    """(I + L)^{-1} for strictly lower-triangular L [.., C, C] (C a power of two).
+
+    Recursive doubling over diagonal blocks: [[A, 0], [B, D]]^{-1} = [[A^-1, 0], [-D^-1 B A^-1, D^-1]],
+    from 1 x 1 blocks up to C x C: 2 log2(C) batched matmuls. (XLA's CPU triangular solve is
+    orders of magnitude slower for many small systems.)
+    """
+    *lead, C, _ = lower.shape
+    inv = jnp.ones((*lead, C, 1, 1), lower.dtype)  # the 1 x 1 diagonal blocks of I + L
+    s = 1
+    while s < C:
+        nb = C // (2 * s)
+        pair = inv.reshape(*lead, nb, 2, s, s)
+        a_inv, d_inv = pair[..., 0, :, :], pair[..., 1, :, :]
+        b = _diag_blocks(lower, nb)[..., s:, :s]
+        low = -_einsum("...ij,...jk,...kl->...il", d_inv, b, a_inv)
+        top = jnp.concatenate([a_inv, jnp.zeros_like(low)], axis=-1)
+        bottom = jnp.concatenate([low, d_inv], axis=-1)
+        inv = jnp.concatenate([top, bottom], axis=-2)  # [.., nb, 2s, 2s]
+        s *= 2
+    return inv.reshape(*lead, C, C)
+
+
 def _wy(kc, vc, bc, ld: _LogDecays, masks, C):
     """WY factors of one chunk: with T = I + tril(diag(beta) (Gamma * K K^T), -1),
-    U = T^{-1} diag(beta) V and W = T^{-1} diag(beta * gamma) K (a unit lower-triangular solve)."""
+    U = T^{-1} diag(beta) V and W = T^{-1} diag(beta * gamma) K."""
     gam = jnp.exp(_pair_log_decay(ld.gc, masks, C))  # [.., C, C]
     lower = _einsum("...ik,...jk->...ij", kc, kc) * gam * bc[..., :, None]
-    tmat = jnp.where(_causal(C, strict=True), lower, 0.0) + jnp.eye(C, dtype=f32)
-    K = kc.shape[-1]
-    rhs = jnp.concatenate([bc[..., None] * vc, (bc * jnp.exp(ld.into))[..., None] * kc], axis=-1)
-    x = jax.lax.linalg.triangular_solve(tmat, rhs, left_side=True, lower=True, unit_diagonal=True)
-    return x[..., :-K], x[..., -K:], gam
+    a = unit_lower_inverse(jnp.where(_causal(C, strict=True), lower, 0.0))
+    u = _einsum("...ij,...jv->...iv", a, bc[..., None] * vc)
+    w = _einsum("...ij,...jk->...ik", a, (bc * jnp.exp(ld.into))[..., None] * kc)
+    return u, w, gam
 
 
 def gated_delta_rule(q, k, v, g, beta, *, scale, initial_state=None, segment_ids=None,
