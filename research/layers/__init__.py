@@ -6,16 +6,6 @@ Every mixer is an `nnx.Module` built as `cls(cfg: ModelConfig, *, rngs)` with
   state_size(seq_len=None) -> floats of decode state per sequence
 """
 
-import os
-
-# The chunked delta rule (DeltaNet, Gated DeltaNet) solves its WY triangular systems with LAPACK
-# strsm, which jaxlib calls through scipy's OpenBLAS. OpenBLAS's own thread pool busy-waits
-# against XLA's threads: on 2 shared CPU cores a DeltaNet training step took ~5x the CPU time
-# (measured: 40 steps of the demo's deltanet-d64, 69 CPU-s vs 12 with one OpenBLAS thread).
-# XLA already parallelises around the call, so OpenBLAS gets one thread unless the user set it.
-# Set before scipy is loaded (jax loads it lazily, at the first lowering of a LAPACK op).
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
 from research.layers.attention import Attention
 from research.layers.deltanet import DeltaNet
 from research.layers.gated_deltanet import GatedDeltaNet
