@@ -186,8 +186,12 @@ def run_sweep(sweep: Sweep, workdir: str | pathlib.Path, jobs: int = 1,
     if jobs == 1 or len(todo) <= 1:
         for run in todo:
             t0 = time.time()
-            report(run, _safe_train(run, str(workdir / "runs" / run.name),
-                                    sweep.eval_examples), t0)
+            row = _safe_train(run, str(workdir / "runs" / run.name), sweep.eval_examples)
+            report(run, row, t0)
+            if row.get("status") == "interrupted":  # SIGTERM / Ctrl-C stops the sweep, not one run
+                print(f"[sweep] stopped at {run.name} ({row.get('error')}); rerun the same command "
+                      "to resume", file=sys.stderr, flush=True)
+                break
     else:
         # Several processes share the accelerator: none may grab most of its memory up front.
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -198,6 +202,7 @@ def run_sweep(sweep: Sweep, workdir: str | pathlib.Path, jobs: int = 1,
                                    sweep.eval_examples): run for run in todo}
             for fut in concurrent.futures.as_completed(futures):
                 report(futures[fut], fut.result(), t0)
-    ordered = [rows[r.name] for r in sweep.runs]
+    ordered = [rows.get(r.name, {"name": r.name, **r.tags, "status": "not started"})
+               for r in sweep.runs]
     write_results(sweep, workdir, ordered, command=command)
     return ordered

@@ -212,3 +212,26 @@ def test_every_shipped_sweep_builds_its_models(name, tmp_path):
                for r in rows)
     if name.endswith("_tiny"):
         assert all(r.config.train.steps <= 50 for r in sweep.runs)
+
+
+def test_a_signal_stops_the_whole_sweep(tmp_path, monkeypatch):
+    """SIGTERM during one run (the trainer saves and reports it interrupted) stops the sweep: the
+    runs after it are not started."""
+    from research.sweep import runner
+
+    body = TINY_RUN.replace("STEPS", "4").replace("CKPT", "4") + textwrap.dedent("""
+        RUNS = [Run("a", CFG, {"k": 1}), Run("b", CFG, {"k": 2})]
+        FIGURES = [Figure("f", x="k", y="eval/accuracy")]
+    """)
+    started = []
+
+    def fake_train(run, run_dir, eval_examples):
+        started.append(run.name)
+        return {"name": run.name, **run.tags, "status": "interrupted", "error": "stopped by SIGTERM"}
+
+    monkeypatch.setattr(runner, "_safe_train", fake_train)
+    rows = runner.run_sweep(load_sweep(_write(tmp_path, body, "stop.py")), tmp_path / "w",
+                            verbose=False)
+    assert started == ["a"]
+    assert [r["status"] for r in rows] == ["interrupted", "not started"]
+    assert (tmp_path / "w" / "results.csv").exists()
