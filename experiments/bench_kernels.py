@@ -94,7 +94,7 @@ def check(op, args, chunk) -> float:
     errs = []
     outs = {}
     for impl in ("pallas", "reference"):
-        g, o = jax.jit(jax.grad(lambda *a: loss(impl, *a), argnums=tuple(range(len(args))),
+        g, o = jax.jit(jax.grad(lambda *a: loss(impl, *a), argnums=tuple(range(len(args))),  # noqa: B023
                                 has_aux=True))(*args)
         outs[impl] = (o, g)
     errs.append(rel_rms(outs["pallas"][0], outs["reference"][0]))
@@ -220,7 +220,7 @@ def main(argv=None) -> list[dict]:
     fla_run, fla_ver = _fla_timer() if on_gpu else (None, None)
     jla_run, jla_ver = _jla_timer() if on_gpu else (None, None)
     versions = f"jax {jax.__version__}" + "".join(f", {v}" for v in (fla_ver, jla_ver) if v)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     head = (f"{stamp}; device: {dev.platform} ({dev.device_kind}); {versions}; {args.dtype} q/k/v, "
             f"float32 gates, chunk {args.chunk}, gsa M={slots}; median ms after compile, "
             f"{iters} timed calls")

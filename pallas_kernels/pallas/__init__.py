@@ -25,7 +25,7 @@ Modules (DESIGN.md §3):
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,5 +49,7 @@ def get(op: str) -> Kernel | None:
 def _load() -> None:
     """Imports the kernel modules (they register themselves). Kept lazy: importing Pallas is slow."""
     # Kernel modules are added here as they land, e.g. `from pallas_kernels.pallas import gla`.
-    from pallas_kernels.pallas import gla_family  # noqa: F401  (linear_attention, simple_gla, gla, gsa)
-    from pallas_kernels.pallas import delta  # noqa: F401  (delta_rule, gated_delta_rule)
+    from pallas_kernels.pallas import (
+        delta,  # noqa: F401  (delta_rule, gated_delta_rule)
+        gla_family,  # noqa: F401  (linear_attention, simple_gla, gla, gsa)
+    )

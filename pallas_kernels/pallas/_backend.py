@@ -29,7 +29,8 @@ import contextlib
 import contextvars
 import dataclasses
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import jax
 

@@ -37,7 +37,7 @@ def test_two_processes_match_one_process(tmp_path):
         procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=900) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-4000:]
     assert "2 process(es)" in outs[0][1]
     single = rt.run(rt.get_preset("test-tiny").override(*OVERRIDES), tmp_path / "single",

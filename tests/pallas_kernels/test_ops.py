@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from oracle64 import GATES, compare, make_inputs, rel_rms
 
 import pallas_kernels
-from oracle64 import GATES, compare, make_inputs, rel_rms
 
 OPS = pallas_kernels.OPS
 

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from oracle64 import compare, make_inputs, rel_rms
 
 import pallas_kernels
-from oracle64 import compare, make_inputs, rel_rms
 from pallas_kernels import ops
 from pallas_kernels.pallas import _backend, chunk_output, chunk_state
 
