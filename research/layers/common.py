@@ -22,13 +22,29 @@ def compute_dtype(cfg: ModelConfig):
     return jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
 
 
-def axes(*names: str | None) -> dict:
+def axes(*names: str | None, shape: tuple[int, ...] | None = None) -> dict:
     """Variable metadata naming the logical axes of a parameter (e.g. ("embed", "mlp")).
 
     `research.train.sharding.LOGICAL_AXIS_RULES` maps the names to mesh axes; the model code names
-    logical axes only. `eager_sharding=False` keeps construction free of any mesh.
+    logical axes only. `eager_sharding=False` keeps construction free of any mesh. Under an
+    ambient mesh (`jax.set_mesh`, e.g. `nnx.eval_shape` of a model there) the metadata also carries
+    flax's per-variable `sharding_rules`, the names resolved through the project's rules on that
+    mesh (absent or size-1 mesh axes dropped; with `shape`, a dimension the axis size does not
+    divide stays whole), so that flax's abstract variables get valid shardings.
     """
-    return {"out_sharding": tuple(names), "eager_sharding": False}
+    meta = {"out_sharding": tuple(names), "eager_sharding": False}
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.manual_axes:
+        return meta
+    from research.train.sharding import logical_to_spec, rules_for_mesh
+    table = dict(rules_for_mesh(mesh))
+    if shape is not None and len(shape) == len(names) and len(set(names)) == len(names):
+        spec = logical_to_spec(names, shape, mesh)
+        rules = {n: a for n, a in zip(names, spec) if n is not None}
+    else:
+        rules = {n: table.get(n) for n in names if n is not None}
+    meta["sharding_rules"] = tuple(rules.items())
+    return meta
 
 
 def linear(cfg: ModelConfig, d_in: int, d_out: int, *, rngs: nnx.Rngs, bias: bool = False,
@@ -40,7 +56,8 @@ def linear(cfg: ModelConfig, d_in: int, d_out: int, *, rngs: nnx.Rngs, bias: boo
         kw["bias_init"] = bias_init
     return nnx.Linear(d_in, d_out, use_bias=bias, dtype=compute_dtype(cfg), param_dtype=jnp.float32,
                       kernel_init=nnx.initializers.normal(cfg.init_std), rngs=rngs,
-                      kernel_metadata=axes(*names), bias_metadata=axes(names[1]), **kw)
+                      kernel_metadata=axes(*names, shape=(d_in, d_out)),
+                      bias_metadata=axes(names[1], shape=(d_out,)), **kw)
 
 
 def constant_init(value):
@@ -55,7 +72,7 @@ class RMSNorm(nnx.Module):
 
     def __init__(self, dim: int, *, eps: float = 1e-6, name: str = "embed"):
         self.eps = eps
-        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32), **axes(name))
+        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32), **axes(name, shape=(dim,)))
 
     def __call__(self, x):
         x32 = x.astype(jnp.float32)
@@ -76,7 +93,7 @@ class ShortConv(nnx.Module):
         bound = 1.0 / math.sqrt(width)  # PyTorch's Conv1d default for a depthwise conv
         self.weight = nnx.Param(
             jax.random.uniform(rngs.params(), (width, channels), jnp.float32, -bound, bound),
-            **axes("conv", "heads"),
+            **axes("conv", "heads", shape=(width, channels)),
         )
 
     def init_cache(self, batch_size: int, channels: int, dtype=jnp.float32):
@@ -167,6 +184,36 @@ def retnet_log_decay(n_heads: int, half_life: float | None = None) -> np.ndarray
     if half_life is not None:
         return np.full((n_heads,), -math.log(2.0) / half_life, np.float32)
     return np.log1p(-(2.0 ** (-5.0 - np.arange(n_heads, dtype=np.float64)))).astype(np.float32)
+
+
+def mamba_decay_init(cfg: ModelConfig, n_heads: int, rngs: nnx.Rngs):
+    """(A_log [H], dt_bias [H]) Params as Mamba2 initialises them: A = exp(A_log) uniform in
+    [a_init_min, a_init_max], softplus(dt_bias) log-uniform in [dt_min, dt_max]. With
+    `init_half_life`, A_log is set so that exp(-A softplus(dt_bias)) halves the state in that many
+    tokens."""
+    k_a, k_dt = jax.random.split(rngs.params())
+    u = jax.random.uniform(k_dt, (n_heads,), jnp.float32)
+    dt = jnp.exp(u * (math.log(cfg.dt_max) - math.log(cfg.dt_min)) + math.log(cfg.dt_min))
+    dt = jnp.maximum(dt, 1e-4)
+    dt_bias = dt + jnp.log(-jnp.expm1(-dt))  # softplus(dt_bias) = dt
+    if cfg.init_half_life is not None:
+        a = math.log(2.0) / (cfg.init_half_life * dt)
+    else:
+        a = jax.random.uniform(k_a, (n_heads,), jnp.float32, cfg.a_init_min, cfg.a_init_max)
+    return (nnx.Param(jnp.log(a), **axes("heads", shape=(n_heads,))),
+            nnx.Param(dt_bias, **axes("heads", shape=(n_heads,))))
+
+
+def head_output(layer, o, x):
+    """The output block of the linear-attention mixers: W_o (RMSNorm_head(o) * swish(x W_gate)).
+
+    o: [B, T, H, V] (the op's output); x: [B, T, D] (the mixer input, for the gate). `layer`
+    has `o_norm`, `o_proj` and, when `layer.use_output_gate`, `g_proj`. Returns [B, T, D].
+    """
+    o = merge_heads(layer.o_norm(o))
+    if layer.use_output_gate:
+        o = o * jax.nn.silu(layer.g_proj(x))
+    return layer.o_proj(o)
 
 
 def next_pow2(n: int) -> int:

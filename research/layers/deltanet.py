@@ -78,10 +78,8 @@ class DeltaNet(nnx.Module):
         return jax.nn.sigmoid(self.b_proj(x).astype(jnp.float32))
 
     def output(self, o, x):
-        o = common.merge_heads(self.o_norm(o))
-        if self.use_output_gate:
-            o = o * jax.nn.silu(self.g_proj(x))
-        return self.o_proj(o)
+        """W_o (RMSNorm_head(o) [* swish(x W_gate)]): [B, T, H, V] -> [B, T, D]."""
+        return common.head_output(self, o, x)
 
     def __call__(self, x, *, segment_ids=None, cache=None, pos=None):
         """x: [B, T, D]; segment_ids: [B, T] or None; cache: from init_cache or None."""

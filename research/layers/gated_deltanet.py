@@ -13,8 +13,6 @@ A = exp(A_log) starts uniform in [a_init_min, a_init_max]; softplus(dt_bias) log
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -24,20 +22,6 @@ from research.layers import common
 from research.layers.deltanet import DeltaNet
 
 
-def mamba_decay_init(cfg: ModelConfig, n_heads: int, rngs: nnx.Rngs):
-    """(A_log [H], dt_bias [H]) as Mamba2 initialises them (see the module docstring)."""
-    k_a, k_dt = jax.random.split(rngs.params())
-    u = jax.random.uniform(k_dt, (n_heads,), jnp.float32)
-    dt = jnp.exp(u * (math.log(cfg.dt_max) - math.log(cfg.dt_min)) + math.log(cfg.dt_min))
-    dt = jnp.maximum(dt, 1e-4)
-    dt_bias = dt + jnp.log(-jnp.expm1(-dt))  # softplus(dt_bias) = dt
-    if cfg.init_half_life is not None:
-        a = math.log(2.0) / (cfg.init_half_life * dt)
-    else:
-        a = jax.random.uniform(k_a, (n_heads,), jnp.float32, cfg.a_init_min, cfg.a_init_max)
-    return (nnx.Param(jnp.log(a), **common.axes("heads")),
-            nnx.Param(dt_bias, **common.axes("heads")))
-
 class GatedDeltaNet(DeltaNet):
     """Gated DeltaNet mixer. __call__(x [B, T, D]) -> (y [B, T, D], cache or None)."""
 
@@ -46,7 +30,7 @@ class GatedDeltaNet(DeltaNet):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         super().__init__(cfg, rngs=rngs)
         self.a_proj = common.linear(cfg, cfg.d_model, self.n_heads, rngs=rngs)
-        self.A_log, self.dt_bias = mamba_decay_init(cfg, self.n_heads, rngs)
+        self.A_log, self.dt_bias = common.mamba_decay_init(cfg, self.n_heads, rngs)
 
     def log_decay(self, x):
         """g = -exp(A_log) * softplus(x W_a + dt_bias), [B, T, H] float32."""

@@ -105,7 +105,4 @@ class GLA(nnx.Module):
         else:
             o, state = common.run_op(self.cfg, "linear_attention", q, k, v, scale=scale,
                                      segment_ids=segment_ids, state=state)
-        o = common.merge_heads(self.o_norm(o))
-        if self.use_output_gate:
-            o = o * jax.nn.silu(self.g_proj(x))
-        return self.o_proj(o), common.updated_cache(cache, state, conv_cache)
+        return common.head_output(self, o, x), common.updated_cache(cache, state, conv_cache)

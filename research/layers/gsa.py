@@ -80,7 +80,4 @@ class GSA(nnx.Module):
         o, state = common.run_op(self.cfg, "gsa", q, k, v, s, g, scale=scale,
                                  segment_ids=segment_ids, state=state)
         state = None if state is None else tuple(state)
-        o = common.merge_heads(self.o_norm(o))
-        if self.use_output_gate:
-            o = o * jax.nn.silu(self.g_proj(x))
-        return self.o_proj(o), common.updated_cache(cache, state, conv_cache)
+        return common.head_output(self, o, x), common.updated_cache(cache, state, conv_cache)

@@ -72,7 +72,4 @@ class HGRN2(nnx.Module):
         state = None if cache is None else cache["state"]
         o, state = common.run_op(self.cfg, "gla", q, k, v, g, scale=1.0,
                                  segment_ids=segment_ids, state=state)
-        o = common.merge_heads(self.o_norm(o))
-        if self.use_output_gate:
-            o = o * jax.nn.silu(self.g_proj(x))
-        return self.o_proj(o), common.updated_cache(cache, state, conv_cache)
+        return common.head_output(self, o, x), common.updated_cache(cache, state, conv_cache)

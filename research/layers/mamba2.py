@@ -19,7 +19,6 @@ from flax import nnx
 
 from research.config import ModelConfig
 from research.layers import common
-from research.layers.gated_deltanet import mamba_decay_init
 
 
 class Mamba2(nnx.Module):
@@ -38,7 +37,7 @@ class Mamba2(nnx.Module):
         self.split = (E, E, N, N, H) if self.use_output_gate else (E, N, N, H)
         self.in_proj = common.linear(cfg, d, sum(self.split), rngs=rngs)
         self.conv = common.ShortConv(E + 2 * N, cfg.conv_size, rngs=rngs) if cfg.conv_size else None
-        self.A_log, self.dt_bias = mamba_decay_init(cfg, H, rngs)
+        self.A_log, self.dt_bias = common.mamba_decay_init(cfg, H, rngs)
         self.D = nnx.Param(jnp.ones((H,), jnp.float32), **common.axes("heads"))
         self.norm = common.RMSNorm(E, eps=cfg.norm_eps, name="heads")
         self.out_proj = common.linear(cfg, E, d, rngs=rngs, names=("heads", "embed"))
