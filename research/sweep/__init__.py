@@ -6,9 +6,9 @@ ones) and writes results.csv, results.md and the plots. The library behind
 from research.sweep.configs import task_config
 from research.sweep.results import markdown_table, read_csv, write_results
 from research.sweep.runner import describe, model_stats, run_status, run_sweep
-from research.sweep.spec import Figure, Run, Sweep, grid, load_sweep
+from research.sweep.spec import Figure, Run, Sweep, grid, load_sweep, with_seeds
 
 __all__ = [
     "Figure", "Run", "Sweep", "describe", "grid", "load_sweep", "markdown_table", "model_stats",
-    "read_csv", "run_status", "run_sweep", "task_config", "write_results",
+    "read_csv", "run_status", "run_sweep", "task_config", "with_seeds", "write_results",
 ]

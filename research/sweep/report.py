@@ -22,35 +22,129 @@ from typing import Any
 from research.sweep.results import columns, make_figures, markdown_table, tag_names
 
 
-def best_by(rows: Sequence[dict[str, Any]], group: str, by: str, y: str) -> dict:
-    """{by value: {group value: best y}} over rows with a finite y (the max over every other
-    tag, e.g. learning rates and state knobs)."""
-    out: dict = {}
+def chance_threshold(chance: float, factor: float = 5.0, offset: float = 0.1) -> float:
+    """The score a model must reach to count as above chance: max(factor x chance, chance +
+    offset) (defaults: 5 x chance or chance + 0.1, whichever is higher)."""
+    for name, v in (("chance", chance), ("factor", factor), ("offset", offset)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+    if factor < 1:
+        raise ValueError(f"factor must be >= 1, got {factor!r}")
+    return max(factor * chance, chance + offset)
+
+
+def seed_values(rows: Sequence[dict[str, Any]], group: str, by: str, y: str,
+                seed: str = "seed") -> dict:
+    """{by value: {group value: [y of each seed]}}: per seed, the best finite y over every other
+    tag (e.g. learning rates and state knobs), seeds in sorted order. Rows without a `seed`
+    column count as one seed."""
+    best: dict = {}
     for r in rows:
         v = r.get(y)
-        if not isinstance(v, (int, float)) or not math.isfinite(v):
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
             continue
-        cell = out.setdefault(r.get(by), {})
-        g = r.get(group)
-        cell[g] = max(cell.get(g, -math.inf), v)
-    return out
+        cell = best.setdefault(r.get(by), {}).setdefault(r.get(group), {})
+        s = r.get(seed)
+        cell[s] = max(cell.get(s, -math.inf), float(v))
+    return {k: {g: [seeds[s] for s in sorted(seeds, key=str)] for g, seeds in cell.items()}
+            for k, cell in best.items()}
 
 
-def ordering_table(rows: Sequence[dict[str, Any]], order: Sequence[str], group: str = "mixer",
-                   by: str = "d_model", y: str = "eval/accuracy") -> str:
-    """A Markdown table checking that `y` decreases along `order` (e.g. deltanet >= gla >=
-    retnet) at each value of `by`; each cell is the best y of that group there."""
-    best = best_by(rows, group, by, y)
-    head = f"| {by} | " + " | ".join(order) + f" | {' >= '.join(order)} |"
-    lines = [head, "|" + "|".join("---" for _ in range(len(order) + 2)) + "|"]
-    for key in sorted(best, key=lambda k: (str(type(k)), k)):
-        vals = [best[key].get(g) for g in order]
-        present = [v for v in vals if v is not None]
-        holds = all(a >= b for a, b in itertools.pairwise(present)) if len(present) > 1 else None
-        verdict = "n/a" if holds is None else ("yes" if holds else "no")
-        cells = ["" if v is None else f"{v:.3f}" for v in vals]
-        lines.append(f"| {key} | " + " | ".join(cells) + f" | {verdict} |")
+def spread(values: Sequence[float]) -> float:
+    """The seed spread of one point: max - min over its seeds (0 for a single seed)."""
+    return max(values) - min(values)
+
+
+def _fmt_point(values: Sequence[float]) -> str:
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.3f}"
+    return f"{mean:.3f} ({min(values):.3f}-{max(values):.3f})"
+
+
+def judge_order(points: dict[str, Sequence[float]], order: Sequence[str], threshold: float,
+                min_seeds: int = 2) -> tuple[str, list[str]]:
+    """Whether `order` (best first) holds among `points` ({name: y of each seed}).
+
+    Returns (verdict, reasons), the verdict one of
+      "holds": every model has >= `min_seeds` seeds, every seed of every model scores >=
+        `threshold` (above chance), and each consecutive gap of seed means exceeds the larger
+        seed spread (max - min) of the two models;
+      "fails": the same evidence, but some consecutive pair is reversed by more than its spread;
+      "not resolved": anything less, with the reasons (a model missing or with too few seeds,
+        a model at chance, a gap within the seed spread);
+    and reasons the sentences explaining it.
+    """
+    if len(order) < 2:
+        raise ValueError(f"order must name at least two models, got {list(order)!r}")
+    if isinstance(min_seeds, bool) or not isinstance(min_seeds, int) or min_seeds < 1:
+        raise ValueError(f"min_seeds must be an int >= 1, got {min_seeds!r}")
+    reasons = []
+    missing = [g for g in order if not points.get(g)]
+    if missing:
+        reasons.append(f"no run of {', '.join(missing)}")
+    few = [g for g in order if points.get(g) and len(points[g]) < min_seeds]
+    if few:
+        n = sorted({len(points[g]) for g in few})
+        word = "seed" if n == [1] else "seeds"
+        reasons.append(f"only {'/'.join(map(str, n))} {word} of {', '.join(few)} "
+                       f"(need {min_seeds})")
+    low = [g for g in order if points.get(g) and min(points[g]) < threshold]
+    if low:
+        vals = ", ".join(f"{g} {min(points[g]):.3f}" for g in low)
+        reasons.append(f"at chance: {vals} (< {threshold:.3f})")
+    if reasons:
+        return "not resolved", reasons
+    mean = {g: sum(points[g]) / len(points[g]) for g in order}
+    reversed_, within = [], []
+    for a, b in itertools.pairwise(order):
+        gap, tol = mean[a] - mean[b], max(spread(points[a]), spread(points[b]))
+        if gap > tol:
+            continue
+        if -gap > tol:
+            reversed_.append(f"{b} above {a} by {-gap:.3f} (seed spread {tol:.3f})")
+        else:
+            within.append(f"{a} - {b} = {gap:+.3f} within the seed spread {tol:.3f}")
+    if reversed_:
+        return "fails", reversed_ + within
+    if within:
+        return "not resolved", within
+    return "holds", []
+
+
+def ordering_table(rows: Sequence[dict[str, Any]], order: Sequence[str], *, chance: float,
+                   group: str = "mixer", by: str = "d_model", y: str = "eval/accuracy",
+                   seed: str = "seed", min_seeds: int = 2, factor: float = 5.0,
+                   offset: float = 0.1) -> str:
+    """A Markdown table judging whether `y` decreases along `order` (e.g. deltanet > gla >
+    retnet) at each value of `by`, with `judge_order`: each cell is the mean over seeds of that
+    model's best y (its seed range in brackets); the verdict column says holds / fails / not
+    resolved and the last column why. `chance` is the task's chance score; above chance means
+    >= `chance_threshold(chance, factor, offset)` on every seed."""
+    threshold = chance_threshold(chance, factor, offset)
+    points = seed_values(rows, group, by, y, seed)
+    head = f"| {by} | " + " | ".join(order) + f" | {' > '.join(order)} | why |"
+    lines = [head, "|" + "|".join("---" for _ in range(len(order) + 3)) + "|"]
+    for key in sorted(points, key=lambda k: (str(type(k)), k)):
+        cell = points[key]
+        verdict, reasons = judge_order(cell, order, threshold, min_seeds)
+        cells = [_fmt_point(cell[g]) if cell.get(g) else "" for g in order]
+        why = "; ".join(reasons).replace("|", "/")
+        lines.append(f"| {key} | " + " | ".join(cells) + f" | {verdict} | {why} |")
     return "\n".join(lines)
+
+
+def rule_text(chance: float, chance_note: str = "", min_seeds: int = 2, factor: float = 5.0,
+              offset: float = 0.1, y: str = "eval/accuracy") -> str:
+    """The sentence stating the report's rule for an ordering to hold."""
+    thr = chance_threshold(chance, factor, offset)
+    note = f" ({chance_note})" if chance_note else ""
+    return (f"Rule: an ordering holds only when every model in it scores `{y}` >= {thr:.3f} on "
+            f"every seed, i.e. max({factor:g} x chance, chance + {offset:g}) with chance = "
+            f"{chance:.4f}{note}, each point has >= {min_seeds} seeds, and each gap between "
+            "consecutive models (of the seed means) exceeds the larger seed spread (max - min "
+            "over seeds) of the two; it fails when a pair is reversed by more than that "
+            "spread; otherwise it is not resolved, for the reason given.")
 
 
 def section(sweep, workdir, rows: Sequence[dict[str, Any]], report_path,
@@ -94,23 +188,28 @@ def update_report(report_path, block: str, name: str,
     path.write_text(text.rstrip("\n") + "\n")
 
 
-def recall_comparison(rows: Sequence[dict[str, Any]], order: Sequence[str],
-                      y: str = "eval/accuracy", attention: str = "attention",
-                      attention_floor: float = 0.95) -> str:
+def recall_comparison(rows: Sequence[dict[str, Any]], order: Sequence[str], *, chance: float,
+                      chance_note: str = "", y: str = "eval/accuracy",
+                      attention: str = "attention", attention_floor: float = 0.95,
+                      min_seeds: int = 2, seed: str = "seed") -> str:
     """Markdown comparing an MQAR state-size sweep with Zoology's findings: the recurrent
-    mixers in `order` should rank that way at equal state size, and softmax attention should be
-    near 1.0 (>= `attention_floor`) at every width."""
+    mixers in `order` should rank that way at equal state size (judged by `ordering_table`,
+    the rule stated), and softmax attention should be near 1.0 (>= `attention_floor` on every
+    run) at every width."""
     recurrent = [r for r in rows if r.get("mixer") in order]
     published = (f"Published (Zoology; DeltaNet and GLA papers): at equal state size "
                  f"{' > '.join(order)} on MQAR, and attention near 1.0.")
-    legend = (f"Best `{y}` per mixer at each recurrent state size (max over the other knobs and "
-              "learning rates); the last column says whether this run reproduces the order:")
-    lines = [published, "", legend, "",
-             ordering_table(recurrent, order, by="state_size", y=y), ""]
+    legend = (f"`{y}` per mixer at each recurrent state size: the mean over seeds of each seed's "
+              "best run (max over the other knobs and learning rates), the seed range in "
+              "brackets; the verdict column says whether this run reproduces the order.")
+    lines = [published, "", rule_text(chance, chance_note, min_seeds, y=y), "", legend, "",
+             ordering_table(recurrent, order, chance=chance, by="state_size", y=y, seed=seed,
+                            min_seeds=min_seeds), ""]
     att = [r[y] for r in rows if r.get("mixer") == attention
            and isinstance(r.get(y), (int, float)) and math.isfinite(r[y])]
     if att:
         ok = min(att) >= attention_floor
-        lines.append(f"Attention: `{y}` from {min(att):.3f} to {max(att):.3f} — "
+        lines.append(f"Attention: `{y}` from {min(att):.3f} to {max(att):.3f} over "
+                     f"{len(att)} run(s) — "
                      f"{'near 1.0, as published' if ok else 'below ' + str(attention_floor)}.")
     return "\n".join(lines)

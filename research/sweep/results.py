@@ -111,13 +111,32 @@ def best_rows(rows: Sequence[dict[str, Any]], y: str, over: Sequence[str],
     return list(best.values())
 
 
+def mean_over(rows: Sequence[dict[str, Any]], y: str, over: str,
+              tags: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per combination of the `tags` other than `over` (e.g. "seed"): the first such
+    row with `y` replaced by the mean of its finite values over `over` (rows without a finite
+    y are dropped)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        v = r.get(y)
+        if not isinstance(v, (int, float)) or not math.isfinite(v):
+            continue
+        groups.setdefault(tuple((t, r.get(t)) for t in tags if t != over), []).append(r)
+    return [{**rs[0], y: sum(r[y] for r in rs) / len(rs)} for rs in groups.values()]
+
+
 def make_figures(sweep, workdir, rows: Sequence[dict[str, Any]]) -> list[pathlib.Path]:
-    """Draw every figure of the sweep from `rows` into WORKDIR/<figure>.png."""
+    """Draw every figure of the sweep from `rows` into WORKDIR/<figure>.png. With a "seed" tag,
+    each point is the mean over seeds (of each seed's best run when the figure has
+    `best_over`)."""
     paths = []
+    tags = tag_names(sweep)
     for fig in sweep.figures:
         sel = [r for r in rows if all(r.get(k) == v for k, v in fig.where.items())]
         if fig.best_over:
-            sel = best_rows(sel, fig.y, fig.best_over, tag_names(sweep))
+            sel = best_rows(sel, fig.y, fig.best_over, tags)
+        if "seed" in tags:
+            sel = mean_over(sel, fig.y, "seed", [t for t in tags if t not in fig.best_over])
         is_acc = "accuracy" in fig.y
         paths.append(plots.plot_lines(sel, fig.x, fig.y, pathlib.Path(workdir) / f"{fig.name}.png",
                                       group=fig.group, logx=fig.logx,

@@ -24,6 +24,9 @@ import runpy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from research.train.config import Config
+from research.validation import check_int
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$")
 
 
@@ -34,22 +37,21 @@ class Run:
     Attributes:
       name: unique within the sweep; the run's folder is WORKDIR/runs/<name> (letters, digits and
         `_ . = + -`).
-      config: a `research.train.config.Config`.
+      config: a `research.train.Config`.
       tags: the values this run varies (columns of the results table and plot groups), e.g.
         {"mixer": "gla", "d_model": 64}.
     """
 
     name: str
-    config: Any
+    config: Config
     tags: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not _NAME.match(self.name):
             raise ValueError(f"name must be letters, digits and _ . = + - (a folder name), "
                              f"got {self.name!r}")
-        from research.train.config import Config
         if not isinstance(self.config, Config):
-            raise ValueError(f"config of run {self.name!r} must be a research.train.config.Config, "
+            raise ValueError(f"config of run {self.name!r} must be a research.train.Config, "  # noqa: TRY004
                              f"got {type(self.config).__name__}")
         object.__setattr__(self, "tags", dict(self.tags))
 
@@ -105,9 +107,7 @@ class Sweep:
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"RUNS of sweep {self.path} must have unique names; repeated: {dup}")
-        if isinstance(self.eval_examples, bool) or not isinstance(self.eval_examples, int) \
-                or self.eval_examples < 0:
-            raise ValueError(f"EVAL_EXAMPLES must be an int >= 0, got {self.eval_examples!r}")
+        check_int("EVAL_EXAMPLES", self.eval_examples, 0)
 
 
 def load_sweep(path: str | pathlib.Path) -> Sweep:
@@ -129,6 +129,26 @@ def load_sweep(path: str | pathlib.Path) -> Sweep:
     return Sweep(name=path.stem, path=str(path), runs=tuple(runs), figures=tuple(figures),
                  eval_examples=ns.get("EVAL_EXAMPLES", 0), title=ns.get("TITLE", path.stem),
                  description=(ns.get("__doc__") or "").strip(), compare=ns.get("compare"))
+
+
+def with_seeds(runs: Sequence[Run], seeds: Sequence[int]) -> list[Run]:
+    """Each run once per seed: named `<name>-s<seed>`, tagged {"seed": seed}, trained with
+    `train.seed = seed` (parameter init, training RNG and, unless `data.seed` is set, the data).
+
+    Repeating a point over seeds is what lets a report tell a gap from seed noise (see
+    `research.sweep.report.judge_order`).
+    """
+    seeds = list(seeds)
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+        raise ValueError(f"seeds must be a non-empty list of ints >= 0, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct, got {seeds!r}")
+    out = []
+    for run in runs:
+        for s in seeds:
+            cfg = run.config.replace(train=dataclasses.replace(run.config.train, seed=s))
+            out.append(Run(name=f"{run.name}-s{s}", config=cfg, tags={**run.tags, "seed": s}))
+    return out
 
 
 def grid(**axes: Sequence[Any]) -> list[dict[str, Any]]:
