@@ -1,0 +1,136 @@
+"""The state-space and test-time-training mixers (S4D, Mamba, TTT-Linear), each against a per-token
+float64 numpy re-implementation written here that reads the layer's own parameters, with and
+without packed segments; their other paths against each other (S4D: FFT convolution, chunked
+masked form, decode recurrence). Decode parity through the whole model (prefill + decode split
+mid-chunk) is also in test_model.py's parametrisation over MIXERS."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from test_layers import Conv, arr, lin, rel_rms, tiny_cfg
+
+from research.layers import MIXER_CLASSES
+from research.layers.s4d import chunked_ssm, fft_conv, s4d_imag_init, ssm_kernel
+
+B, T, D = 2, 19, 32
+SEG = np.array([[0] * 6 + [1] * 9 + [2] * 4, [5] * T], np.int32)
+_erf = np.vectorize(math.erf)
+
+
+def gelu(x):
+    return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def crel(a, b):
+    """Relative error of complex arrays."""
+    a, b = np.asarray(a, np.complex128), np.asarray(b, np.complex128)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def per_token(step, L, x, seg):
+    """`step(L, x_t, state)` over every row and token, the state restarting at every change of
+    segment id."""
+    x = np.asarray(x, np.float64)
+    out = np.zeros(x.shape[:2] + (L.cfg.d_model,))
+    for b in range(x.shape[0]):
+        st = {}
+        for t in range(x.shape[1]):
+            if t > 0 and seg[b, t] != seg[b, t - 1]:
+                st = {}
+            out[b, t] = step(L, x[b, t], st)
+    return out
+
+
+def check_layer(L, step, x, *, tol=1e-4):
+    """Full pass (no segments) and packed pass (SEG) against the per-token recurrence."""
+    y, cache = L(x)
+    assert cache is None and y.shape == x.shape and y.dtype == jnp.float32
+    assert rel_rms(y, per_token(step, L, x, np.zeros((B, T)))) < tol
+    y_seg, _ = L(x, segment_ids=jnp.asarray(SEG))
+    assert rel_rms(y_seg, per_token(step, L, x, SEG)) < tol
+
+
+def check_decode(L, x, splits=((0, 7), (7, 8), (8, 13), (13, T))):
+    """Prefill / decode through the layer's cache equals the full pass."""
+    cache = L.init_cache(B, T)
+    outs = []
+    for a, b in splits:
+        y, cache = L(x[:, a:b], cache=cache)
+        outs.append(y)
+    assert rel_rms(jnp.concatenate(outs, 1), L(x)[0]) < 1e-4
+    return cache
+
+
+# ----------------------------------------------------------------------------- S4D
+def step_s4d(L, xt, st):
+    E, N2 = L.d_inner, L.d_state // 2
+    if "h" not in st:
+        st["h"], st["conv"] = np.zeros((E, N2), np.complex128), Conv(L.conv, E)
+    (u,) = st["conv"](lin(L.in_proj, xt))
+    dt = np.exp(arr(L.log_dt))
+    A = -np.exp(arr(L.A_log_re)) + 1j * arr(L.A_im)
+    dA = np.exp(dt[:, None] * A)
+    dB = (dA - 1.0) / A  # ZOH with B = 1
+    st["h"] = dA * st["h"] + dB * u[:, None]
+    Cc = arr(L.C_re) + 1j * arr(L.C_im)
+    y = gelu(2.0 * np.real(np.sum(Cc * st["h"], -1)) + arr(L.D) * u)
+    out = lin(L.o_proj, y)
+    if L.use_output_gate:
+        a, b = np.split(out, 2)
+        out = a * sigmoid(b)
+    return out
+
+
+S4D_VARIANTS = [dict(), dict(s4d_init="inv", conv_size=0, use_output_gate=False),
+                dict(d_state=16, expand_v=2.0, chunk_size=4)]
+
+
+@pytest.mark.parametrize("kw", S4D_VARIANTS, ids=["lin-conv", "inv", "wide"])
+def test_s4d_matches_per_token_recurrence(kw):
+    L = MIXER_CLASSES["s4d"](tiny_cfg("s4d", **kw), rngs=nnx.Rngs(4))
+    x = jax.random.normal(jax.random.key(2), (B, T, D))
+    check_layer(L, step_s4d, x)
+    check_decode(L, x)
+
+
+def test_s4d_fft_convolution_equals_the_recurrence():
+    """The closed-form kernel by FFT == the chunked recurrence (any chunk, with and without
+    segments) on long inputs and slowly decaying modes; the final state too."""
+    L = MIXER_CLASSES["s4d"](tiny_cfg("s4d", d_state=16, dt_min=1e-4, dt_max=1e-3),
+                             rngs=nnx.Rngs(0))
+    dtA, Ct = L.modes()
+    u = jax.random.normal(jax.random.key(0), (2, 300, L.d_inner))
+    y_fft = fft_conv(u, ssm_kernel(dtA, Ct, 300))
+    for C in (1, 16, 64):
+        y, h = chunked_ssm(u, dtA, Ct, chunk_size=C)
+        assert rel_rms(y, y_fft) < 1e-5, C
+        _, h2 = chunked_ssm(u, dtA, Ct, chunk_size=C, segment_ids=jnp.zeros((2, 300), jnp.int32))
+        assert crel(h2, h) < 1e-5
+    # the final state is the recurrence's: h_T = sum_j dA^(T-1-j) u_j
+    dA = np.exp(np.asarray(dtA, np.complex128))
+    want = np.einsum("enj,bje->ben", dA[..., None] ** np.arange(299, -1, -1),
+                     np.asarray(u, np.float64))
+    assert crel(h, want) < 1e-4
+
+
+def test_s4d_inits_and_state_size():
+    np.testing.assert_allclose(s4d_imag_init("lin", 8), np.pi * np.arange(4), rtol=1e-6)
+    n = np.arange(4)
+    np.testing.assert_allclose(s4d_imag_init("inv", 8), 8 / np.pi * (8 / (2 * n + 1) - 1), rtol=1e-6)
+    L = MIXER_CLASSES["s4d"](tiny_cfg("s4d"), rngs=nnx.Rngs(0))
+    assert L.state_size() == 32 * 8
+    assert L.init_cache(3, 10)["state"].shape == (3, 32, 4, 2)
+    with pytest.raises(ValueError, match="d_state"):
+        tiny_cfg("s4d", d_state=7)
+    with pytest.raises(ValueError, match="s4d_init"):
+        tiny_cfg("s4d", s4d_init="legs")
