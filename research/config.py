@@ -26,6 +26,9 @@ MIXERS = (
     "mamba2",
     "attention",
     "sliding_window_attention",
+    "lightnet",
+    "mom",
+    "jrt",
 )
 ATTENTION_MIXERS = ("attention", "sliding_window_attention")
 DECAYS = ("none", "fixed", "scalar", "vector")
@@ -51,6 +54,9 @@ MIXER_DEFAULTS: dict[str, dict[str, Any]] = {
     "attention": dict(expand_k=1.0, expand_v=1.0, feature_map="identity", use_output_gate=False),
     "sliding_window_attention": dict(expand_k=1.0, expand_v=1.0, feature_map="identity",
                                      use_output_gate=False),
+    "lightnet": dict(expand_k=1.0, expand_v=1.0, feature_map="silu", use_output_gate=True),
+    "mom": dict(expand_k=1.0, expand_v=1.0, feature_map="silu", use_output_gate=True),
+    "jrt": dict(expand_k=1.0, expand_v=1.0, feature_map="elu", use_output_gate=False),
 }
 _KNOBS = ("expand_k", "expand_v", "feature_map", "use_output_gate", "decay", "gate_logit_normalizer")
 
@@ -85,6 +91,11 @@ class ModelConfig:
       num_slots: gsa's M.
       d_state: mamba2's N; dt_min/dt_max: its dt init range; a_init_min/a_init_max: its A init range.
       window_size: sliding_window_attention's window (current token included).
+      num_memories, memory_top_k, shared_memory: mom's M memories, the k each token is routed to,
+        and the always-updated shared memory; router_aux_weight: the weight of its Switch-style
+        load-balancing loss in the training loss.
+      ngram_layers: one static n-gram layer per entry (its n), placed after the embedding, before
+        the mixer blocks (see `research.layers.ngram`); () for none.
       rope_theta: RoPE base for the attention mixers.
       norm_eps, init_std: RMSNorm epsilon, std of the normal initialisers.
       dtype: compute dtype ("float32" or "bfloat16"); parameters stay float32.
@@ -123,6 +134,11 @@ class ModelConfig:
     a_init_min: float = 1.0
     a_init_max: float = 16.0
     window_size: int = 64
+    num_memories: int = 4
+    memory_top_k: int = 2
+    shared_memory: bool = True
+    router_aux_weight: float = 0.01
+    ngram_layers: tuple[int, ...] = ()
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
     init_std: float = 0.02
@@ -137,6 +153,8 @@ class ModelConfig:
             object.__setattr__(self, "layer_pattern", tuple(self.layer_pattern))
         if isinstance(self.attention_layers, list):
             object.__setattr__(self, "attention_layers", tuple(self.attention_layers))
+        if isinstance(self.ngram_layers, list):
+            object.__setattr__(self, "ngram_layers", tuple(self.ngram_layers))
         self._validate()
 
     # ------------------------------------------------------------------ validation
@@ -153,7 +171,8 @@ class ModelConfig:
                 if m not in MIXERS:
                     self._fail("layer_pattern", f"entry {m!r} is not one of {MIXERS}")
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_multiple_of",
-                     "gate_low_rank_dim", "num_slots", "d_state", "window_size", "chunk_size"):
+                     "gate_low_rank_dim", "num_slots", "d_state", "window_size", "chunk_size",
+                     "num_memories", "memory_top_k"):
             v = getattr(self, name)
             if not _is_int(v) or v < 1:
                 self._fail(name, "must be a positive int")
@@ -188,7 +207,15 @@ class ModelConfig:
             self._fail("impl", f"must be one of {IMPLS}")
         if self.attention_impl not in ATTENTION_IMPLS:
             self._fail("attention_impl", f"must be one of {ATTENTION_IMPLS}")
-        for name in ("tie_embeddings", "use_beta", "remat"):
+        if not self.memory_top_k <= self.num_memories:
+            self._fail("memory_top_k", f"must be <= num_memories={self.num_memories}")
+        if (not isinstance(self.router_aux_weight, (int, float)) or isinstance(self.router_aux_weight, bool)
+                or not self.router_aux_weight >= 0):
+            self._fail("router_aux_weight", "must be a number >= 0")
+        if not isinstance(self.ngram_layers, tuple) or not all(
+                _is_int(n) and 1 <= n <= 8 for n in self.ngram_layers):
+            self._fail("ngram_layers", "must be a tuple of n-gram orders n in [1, 8], e.g. (1, 2, 3)")
+        for name in ("tie_embeddings", "use_beta", "remat", "shared_memory"):
             if not isinstance(getattr(self, name), bool):
                 self._fail(name, "must be a bool")
         if self.use_output_gate is not None and not isinstance(self.use_output_gate, bool):

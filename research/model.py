@@ -1,11 +1,17 @@
 """The language model: embedding, pre-norm blocks (mixer + gated MLP), final norm, head.
 
     x = embed(tokens)                                    [B, T, D]
+    for each n in ngram_layers:  x = x + ngram_n(tokens)      (static n-gram layers, if any)
     for each layer:  x = x + mixer(norm(x));  x = x + mlp(norm(x))
     logits = head(norm(x))                               [B, T, L]   (float32)
 
 Decode: `cache = model.init_cache(B, S)`, then `logits, cache = model(tokens_chunk, cache=cache)`
 for chunks of any length n (prefill) or n = 1; the outputs equal the full pass.
+
+`prefix_length` int [B] (from the data: the tasks' "prefix_length") is the prompt prefix that
+prefix-attention mixers (`jrt`) read non-causally; other mixers ignore it. `return_aux=True`
+also returns {"aux_loss": float32 []}: the sum over layers of `router_aux_weight` times each
+routed mixer's (`mom`) load-balancing loss, which the training loss adds.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from flax import nnx
 
 from research.config import ModelConfig
 from research.layers import MIXER_CLASSES, common
+from research.layers.ngram import NGram
 
 
 class Block(nnx.Module):
@@ -28,15 +35,23 @@ class Block(nnx.Module):
         self.mlp_norm = common.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mlp = common.GatedMLP(cfg, rngs=rngs)
 
-    def __call__(self, x, *, segment_ids=None, cache=None, pos=None):
-        h, cache = self.mixer(self.mixer_norm(x), segment_ids=segment_ids, cache=cache, pos=pos)
+    def __call__(self, x, *, segment_ids=None, cache=None, pos=None, prefix_length=None):
+        kw = {"prefix_length": prefix_length} if getattr(self.mixer, "uses_prefix", False) else {}
+        h, cache = self.mixer(self.mixer_norm(x), segment_ids=segment_ids, cache=cache, pos=pos, **kw)
         x = x + h
         x = x + self.mlp(self.mlp_norm(x))
         return x, cache
 
 
-def _block_forward(block: Block, x, segment_ids):
-    return block(x, segment_ids=segment_ids)[0]
+    def aux_loss(self, x, segment_ids=None):
+        """The mixer's auxiliary loss on this block's input x [B, T, D] (0 if it has none)."""
+        if not hasattr(self.mixer, "aux_loss"):
+            return jnp.zeros((), jnp.float32)
+        return self.mixer.aux_loss(self.mixer_norm(x), segment_ids)
+
+
+def _block_forward(block: Block, x, segment_ids, prefix_length=None):
+    return block(x, segment_ids=segment_ids, prefix_length=prefix_length)[0]
 
 
 class LanguageModel(nnx.Module):
@@ -59,6 +74,7 @@ class LanguageModel(nnx.Module):
                                param_dtype=jnp.float32,
                                embedding_init=nnx.initializers.normal(cfg.init_std),
                                embedding_metadata=common.axes("vocab", "embed"), rngs=rngs)
+        self.ngrams = nnx.List([NGram(cfg, n, rngs=rngs) for n in cfg.ngram_layers])
         self.blocks = nnx.List([Block(cfg, m, rngs=rngs) for m in cfg.layer_mixers()])
         self.final_norm = common.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         if not cfg.tie_embeddings:
@@ -66,11 +82,15 @@ class LanguageModel(nnx.Module):
                                          names=("embed", "vocab"))
 
     # ------------------------------------------------------------------ forward
-    def __call__(self, tokens, segment_ids=None, cache=None):
+    def __call__(self, tokens, segment_ids=None, cache=None, prefix_length=None,
+                 return_aux: bool = False):
         """tokens: int [B, T]; segment_ids: int [B, T] or None (packed sequences: no state, conv or
-        attention crosses a change of id); cache: from `init_cache` or None.
+        attention crosses a change of id); cache: from `init_cache` or None; prefix_length: int
+        [B] or None (see the module docstring; with a cache, the prefix must lie in this call or
+        an earlier one); return_aux: also return the auxiliary losses (not with a cache).
 
-        Returns float32 logits [B, T, vocab] or, with a cache, (logits, new cache).
+        Returns float32 logits [B, T, vocab]; with a cache, (logits, new cache); with return_aux,
+        (logits, {"aux_loss": float32 []}).
         """
         tokens = jnp.asarray(tokens)
         if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
@@ -84,21 +104,40 @@ class LanguageModel(nnx.Module):
             if cache is not None:
                 raise ValueError("segment_ids and cache cannot be combined: decode one sequence per row")
             segment_ids = segment_ids.astype(jnp.int32)
+        if prefix_length is not None:
+            prefix_length = jnp.asarray(prefix_length)
+            if prefix_length.shape != (B,) or not jnp.issubdtype(prefix_length.dtype, jnp.integer):
+                raise ValueError(f"prefix_length must be an integer array of shape {(B,)}, got "
+                                 f"{prefix_length.dtype} {prefix_length.shape}")
+            prefix_length = prefix_length.astype(jnp.int32)
+        if return_aux and cache is not None:
+            raise ValueError("return_aux and cache cannot be combined: aux losses are for training")
         x = self.embed(tokens)
         if cache is None:
+            for ngram in self.ngrams:
+                x = x + ngram(tokens, segment_ids=segment_ids)[0].astype(x.dtype)
+            aux = jnp.zeros((), jnp.float32)
             for block in self.blocks:
+                if return_aux:
+                    aux = aux + self.config.router_aux_weight * block.aux_loss(x, segment_ids)
                 if self.config.remat:
-                    x = nnx.remat(_block_forward)(block, x, segment_ids)
+                    x = nnx.remat(_block_forward)(block, x, segment_ids, prefix_length)
                 else:
-                    x = _block_forward(block, x, segment_ids)
-            return self._logits(x)
+                    x = _block_forward(block, x, segment_ids, prefix_length)
+            return (self._logits(x), {"aux_loss": aux}) if return_aux else self._logits(x)
         self._check_cache(cache, B, T)
         pos = cache["pos"]
-        new_layers = []
+        new_cache = {"pos": pos + T, "layers": []}
+        if self.ngrams:
+            new_cache["ngram"] = []
+            for ngram, ngram_cache in zip(self.ngrams, cache["ngram"]):
+                y, ngram_cache = ngram(tokens, cache=ngram_cache, pos=pos)
+                x = x + y.astype(x.dtype)
+                new_cache["ngram"].append(ngram_cache)
         for block, layer_cache in zip(self.blocks, cache["layers"]):
-            x, layer_cache = block(x, cache=layer_cache, pos=pos)
-            new_layers.append(layer_cache)
-        return self._logits(x), {"pos": pos + T, "layers": new_layers}
+            x, layer_cache = block(x, cache=layer_cache, pos=pos, prefix_length=prefix_length)
+            new_cache["layers"].append(layer_cache)
+        return self._logits(x), new_cache
 
     def _logits(self, x):
         x = self.final_norm(x)
@@ -109,7 +148,9 @@ class LanguageModel(nnx.Module):
         return logits.astype(jnp.float32)
 
     def _check_cache(self, cache, batch_size: int, n_new: int) -> None:
-        if not isinstance(cache, dict) or set(cache) != {"pos", "layers"} or len(cache["layers"]) != len(self.blocks):
+        keys = {"pos", "layers", "ngram"} if self.ngrams else {"pos", "layers"}
+        if (not isinstance(cache, dict) or set(cache) != keys or len(cache["layers"]) != len(self.blocks)
+                or len(cache.get("ngram", ())) != len(self.ngrams)):
             raise ValueError("cache must come from model.init_cache(batch_size, max_length)")
         leaves = jax.tree.leaves(cache["layers"])
         if leaves and leaves[0].shape[0] != batch_size:
@@ -118,9 +159,12 @@ class LanguageModel(nnx.Module):
             pos = int(cache["pos"])
         except Exception:
             return
-        for block, layer in zip(self.blocks, cache["layers"]):
-            if block.mixer_name == "attention" and pos + n_new > layer["k"].shape[1]:
-                raise ValueError(f"cache holds max_length={layer['k'].shape[1]} positions; {pos} are "
+        held = [layer["k"].shape[1] for block, layer in zip(self.blocks, cache["layers"])
+                if block.mixer_name == "attention"]
+        held += [c["tokens"].shape[1] for c in cache.get("ngram", ())]
+        for n in held:
+            if pos + n_new > n:
+                raise ValueError(f"cache holds max_length={n} positions; {pos} are "
                                  f"used and tokens add {n_new}: make the cache with a larger max_length")
 
     # ------------------------------------------------------------------ decode cache, sizes
@@ -134,20 +178,26 @@ class LanguageModel(nnx.Module):
         for name, v in (("batch_size", batch_size), ("max_length", max_length)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
-        return {
+        cache = {
             "pos": jnp.zeros((), jnp.int32),
             "layers": [b.mixer.init_cache(batch_size, max_length) for b in self.blocks],
         }
+        if self.ngrams:
+            cache["ngram"] = [g.init_cache(batch_size, max_length) for g in self.ngrams]
+        return cache
 
     def state_size(self, seq_len: int | None = None) -> int:
         """Total floats of decode state per sequence over all layers (Zoology's count).
 
-        Attention layers' state grows with length: pass `seq_len` when the model has any.
+        Attention and n-gram layers' state grows with length: pass `seq_len` when the model has any
+        (an n-gram layer counts the seq_len tokens it keeps).
         """
-        if seq_len is None and any(b.mixer_name == "attention" for b in self.blocks):
-            raise ValueError("seq_len is required: this model has attention layers, whose state grows "
-                             f"with length (layers {self.config.layer_mixers()})")
-        return int(sum(b.mixer.state_size(seq_len) for b in self.blocks))
+        if seq_len is None and (self.ngrams or any(b.mixer_name == "attention" for b in self.blocks)):
+            raise ValueError("seq_len is required: this model has attention or n-gram layers, whose "
+                             f"state grows with length (layers {self.config.layer_mixers()}, "
+                             f"ngram_layers {self.config.ngram_layers})")
+        return int(sum(b.mixer.state_size(seq_len) for b in self.blocks)
+                   + sum(g.state_size(seq_len) for g in self.ngrams))
 
 
 def count_params(config: ModelConfig) -> int:

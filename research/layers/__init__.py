@@ -12,8 +12,11 @@ from research.layers.gated_deltanet import GatedDeltaNet
 from research.layers.gla import GLA
 from research.layers.gsa import GSA
 from research.layers.hgrn2 import HGRN2
+from research.layers.jrt import JRT
+from research.layers.lightnet import LightNet
 from research.layers.linear_attention import LinearAttention
 from research.layers.mamba2 import Mamba2
+from research.layers.mom import MoM
 from research.layers.retnet import RetNet
 from research.layers.sliding_window_attention import SlidingWindowAttention
 
@@ -28,6 +31,9 @@ MIXER_CLASSES = {
     "mamba2": Mamba2,
     "attention": Attention,
     "sliding_window_attention": SlidingWindowAttention,
+    "lightnet": LightNet,
+    "mom": MoM,
+    "jrt": JRT,
 }
 
 __all__ = ["MIXER_CLASSES", *sorted(c.__name__ for c in MIXER_CLASSES.values())]
