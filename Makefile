@@ -13,7 +13,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PY312) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,text]'
+	$(PY) -m pip install --quiet -e '.[dev,text,tpu-aot]'
 	@touch $(STAMP)
 
 test: setup
@@ -37,6 +37,20 @@ ablation: setup
 
 bench: setup
 	$(PY) -m experiments.bench_kernels
+
+.PHONY: bench-tpu gpu-wheels gpu-check
+
+# HBM traffic of every op on one v5e chip, compiled ahead of time by libtpu on this CPU.
+bench-tpu: setup
+	$(PY) -m experiments.bench_tpu_aot --peers --inverse --write BENCHMARKS.md
+
+# Wheels for the prepared GPU run (experiments/gpu_requirements.txt), into wheels/ (git-ignored).
+gpu-wheels: setup
+	$(PY) -m pip download --no-deps --quiet -d wheels -r experiments/gpu_requirements.txt
+
+# The prepared GPU run's CPU dry run (the GPU run itself: experiments/gpu_check.sh --out DIR).
+gpu-check: setup
+	$(PY) -m experiments.gpu_check --dry-run --out runs/gpu_check_dry
 
 lint: setup
 	$(PY) -m ruff check .

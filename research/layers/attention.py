@@ -9,6 +9,10 @@
 
 Decode cache: keys and values [B, max_length, H, K] written at the running position (global), or
 the last window_size positions' keys and values (sliding window).
+
+Under an ambient mesh with a `sequence` axis (`jax.set_mesh`), each sequence shard attends from its
+own queries to the keys and values all-gathered over the axis (LASP-2's recipe for the softmax
+layers of a hybrid), with the causal mask offset to the shard's positions.
 """
 
 from __future__ import annotations
@@ -94,7 +98,10 @@ class Attention(nnx.Module):
         q, k = rope(q, qpos, self.cfg.rope_theta), rope(k, qpos, self.cfg.rope_theta)
         scale = self.head_k ** -0.5
         new_cache = None
-        if cache is None:
+        split = common.ambient_split(B, T, H) if cache is None else None
+        if split is not None and split.sequence is not None:
+            o = self._sequence_sharded(q, k, v, segment_ids, split, scale)
+        elif cache is None:
             if segment_ids is None:
                 window = None if self.window is None else (self.window - 1, 0)
                 o = jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True,
@@ -125,6 +132,32 @@ class Attention(nnx.Module):
         if self.use_output_gate:
             o = o * jax.nn.silu(self.g_proj(x))
         return self.o_proj(o), new_cache
+
+    def _sequence_sharded(self, q, k, v, segment_ids, split, scale):
+        """Attention with T split over the ambient mesh's sequence axis (LASP-2's hybrid recipe):
+        each shard keeps its queries [B, T/P, H, K] and all-gathers the keys and values (and
+        segment ids) over the axis; its queries sit at positions r T/P + i (shard r), so the
+        causal (and window) mask is offset by r T/P. q, k, v: [B, T, H, K|V] (after RoPE)."""
+        from jax.sharding import PartitionSpec as P
+        seq = split.sequence
+        spec = P(split.batch, seq, split.tensor, None)
+
+        def body(q, k, v, *seg):
+            Tl = q.shape[1]
+            kf = jax.lax.all_gather(k, seq, axis=1, tiled=True)
+            vf = jax.lax.all_gather(v, seq, axis=1, tiled=True)
+            qpos = jax.lax.axis_index(seq) * Tl + jnp.arange(Tl)
+            mask = self._mask(qpos, jnp.arange(kf.shape[1]))[None]  # [1, Tl, T]
+            if seg:
+                segf = jax.lax.all_gather(seg[0], seq, axis=1, tiled=True)
+                mask = mask & (seg[0][:, :, None] == segf[:, None, :])
+            return jax.nn.dot_product_attention(q, kf, vf, scale=scale, mask=mask[:, None])
+
+        args, specs = [q, k, v], [spec, spec, spec]
+        if segment_ids is not None:
+            args.append(segment_ids)
+            specs.append(P(split.batch, seq))
+        return jax.shard_map(body, mesh=split.mesh, in_specs=tuple(specs), out_specs=spec)(*args)
 
     def _implementation(self, q) -> str:
         """"cudnn" or "xla" for the causal full pass (see ModelConfig.attention_impl)."""

@@ -7,6 +7,7 @@ Shapes follow `research.array_typing`: B batch, T time, D d_model, H heads, K/V 
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -101,24 +102,76 @@ class ShortConv(nnx.Module):
         return jnp.zeros((batch_size, self.width - 1, channels), dtype)
 
     def __call__(self, x, *, segment_ids=None, cache=None):
-        """x: [B, T, C]; segment_ids: [B, T] or None; cache: [B, W-1, C] or None -> (y, new cache)."""
+        """x: [B, T, C]; segment_ids: [B, T] or None; cache: [B, W-1, C] or None -> (y, new cache).
+
+        Under an ambient mesh with a `sequence` axis (no cache), each sequence shard runs the conv
+        on its slice with the previous shard's last W-1 inputs (and segment ids), passed along by
+        `ppermute` (zeros at the first shard), so the result equals the unsplit conv.
+        """
         B, T, C = x.shape
         W = self.width
-        prev = jnp.zeros((B, W - 1, C), x.dtype) if cache is None else cache.astype(x.dtype)
-        xp = jnp.concatenate([prev, x], axis=1)  # [B, T+W-1, C]
         w = self.weight[...].astype(x.dtype)
-        if segment_ids is not None:
-            segp = jnp.concatenate([jnp.repeat(segment_ids[:, :1], W - 1, axis=1), segment_ids], 1)
-        y = jnp.zeros_like(x)
-        for j in range(W):
-            tap = xp[:, j:j + T]
-            if segment_ids is not None and j < W - 1:
-                tap = jnp.where((segp[:, j:j + T] == segment_ids)[..., None], tap, 0)
-            y = y + tap * w[j]
-        if self.activation:
-            y = jax.nn.silu(y)
-        new_cache = xp[:, T:].astype(cache.dtype) if cache is not None else None
+        if segment_ids is not None:  # number segments by their changes: an id that comes back
+            change = segment_ids[:, 1:] != segment_ids[:, :-1]  # starts a new segment
+            segment_ids = jnp.concatenate(
+                [jnp.zeros((B, 1), jnp.int32), jnp.cumsum(change.astype(jnp.int32), axis=1)], 1)
+        if cache is None:
+            split = ambient_split(B, T, min_shard_len=W - 1)
+            if split is not None and split.sequence is not None:
+                return _sequence_sharded_conv(x, w, segment_ids, split, self.activation), None
+        prev = jnp.zeros((B, W - 1, C), x.dtype) if cache is None else cache.astype(x.dtype)
+        y = causal_conv(x, w, prev, segment_ids, None, self.activation)
+        new_cache = None
+        if cache is not None:
+            new_cache = jnp.concatenate([prev, x], axis=1)[:, T:].astype(cache.dtype)
         return y, new_cache
+
+
+def causal_conv(x, w, prev, segment_ids=None, prev_segment_ids=None, activation: bool = True):
+    """The short conv of `ShortConv` on one slice: x [B, T, C], w [W, C], prev [B, W-1, C] (the
+    inputs just before the slice); segment_ids [B, T] or None; prev_segment_ids [B, W-1] (the
+    ids of `prev`; None: the slice's first id). Returns y [B, T, C]."""
+    T = x.shape[1]
+    W = w.shape[0]
+    xp = jnp.concatenate([prev.astype(x.dtype), x], axis=1)  # [B, T+W-1, C]
+    if segment_ids is not None:
+        if prev_segment_ids is None:
+            prev_segment_ids = jnp.repeat(segment_ids[:, :1], W - 1, axis=1)
+        segp = jnp.concatenate([prev_segment_ids, segment_ids], axis=1)
+    y = jnp.zeros_like(x)
+    for j in range(W):
+        tap = xp[:, j:j + T]
+        if segment_ids is not None and j < W - 1:
+            tap = jnp.where((segp[:, j:j + T] == segment_ids)[..., None], tap, 0)
+        y = y + tap * w[j]
+    return jax.nn.silu(y) if activation else y
+
+
+def _sequence_sharded_conv(x, w, segment_ids, split, activation: bool):
+    """`causal_conv` of x [B, T, C] inside a shard_map over `split` (T over its sequence axis):
+    every shard takes the previous shard's last W-1 inputs and segment ids by `ppermute`."""
+    from jax.sharding import PartitionSpec as P
+    W, C = w.shape
+    seq = split.sequence
+    n_seq = split.mesh.shape[seq]
+    chan = split.tensor if split.tensor is not None and C % split.mesh.shape[split.tensor] == 0 \
+        else None
+    perm = [(i, i + 1) for i in range(n_seq - 1)]  # shard 0 receives zeros
+
+    def body(x, w, *seg):
+        prev = jax.lax.ppermute(x[:, x.shape[1] - (W - 1):], seq, perm)
+        ids = prev_ids = None
+        if seg:
+            ids = seg[0]
+            prev_ids = jax.lax.ppermute(ids[:, ids.shape[1] - (W - 1):], seq, perm)
+        return causal_conv(x, w, prev, ids, prev_ids, activation)
+
+    x_spec = P(split.batch, seq, chan)
+    args, specs = [x, w], [x_spec, P(None, chan)]
+    if segment_ids is not None:
+        args.append(segment_ids)
+        specs.append(P(split.batch, seq))
+    return jax.shard_map(body, mesh=split.mesh, in_specs=tuple(specs), out_specs=x_spec)(*args)
 
 
 class GatedMLP(nnx.Module):
@@ -221,19 +274,73 @@ def next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+class MeshSplit(NamedTuple):
+    """How the layers split an op over the ambient mesh: `mesh` (the abstract mesh), the mesh
+    axes over B (`batch`, a tuple, possibly empty), T (`sequence`) and H (`tensor`), None for a
+    dimension kept whole."""
+
+    mesh: Any
+    batch: tuple[str, ...]
+    sequence: str | None
+    tensor: str | None
+
+
+def ambient_split(B: int, T: int, H: int | None = None, *, min_shard_len: int = 1):
+    """The `MeshSplit` of an array [B, T, H, ...] on the ambient mesh (`jax.set_mesh`), or None.
+
+    None outside a mesh, on a 1-device mesh and inside a `shard_map` (manual axes). B goes over
+    those of the mesh axes `data`, `fsdp` (size > 1) whose product divides it (the last dropped
+    first), T over `sequence` when its size divides T into shards of at least `min_shard_len`
+    tokens, H over `tensor` when its size divides H (H None: not split).
+    """
+    from research.train.sharding import BATCH_AXES, SEQUENCE_AXIS, TENSOR_AXIS, mesh_axes_in
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.manual_axes or mesh.size == 1:
+        return None
+    batch = mesh_axes_in(mesh, BATCH_AXES)
+    while batch and B % math.prod(mesh.shape[a] for a in batch):
+        batch = batch[:-1]
+    seq = mesh_axes_in(mesh, SEQUENCE_AXIS)
+    sequence = None
+    if seq and T % mesh.shape[seq[0]] == 0 and T // mesh.shape[seq[0]] >= max(min_shard_len, 1):
+        sequence = seq[0]
+    ten = mesh_axes_in(mesh, TENSOR_AXIS)
+    tensor = ten[0] if ten and H is not None and H % mesh.shape[ten[0]] == 0 else None
+    if not batch and sequence is None and tensor is None:
+        return None
+    return MeshSplit(mesh, batch, sequence, tensor)
+
+
+def ambient_op_sharding(B: int, T: int, H: int):
+    """The `pallas_kernels.OpSharding` for an op on q [B, T, H, K] under the ambient mesh
+    (`ambient_split`), or None (no mesh, one device, inside a shard_map)."""
+    split = ambient_split(B, T, H)
+    if split is None:
+        return None
+    return pallas_kernels.OpSharding(split.mesh, batch=split.batch or None, heads=split.tensor,
+                                     sequence=split.sequence)
+
+
 def run_op(cfg: ModelConfig, op: str, q, k, v, *gates, scale=None, segment_ids=None, state=None):
     """Calls `pallas_kernels.<op>` with the config's impl and chunk size.
 
     With `state` (the decode cache's recurrent state) it is the initial state and the final state is
     returned; otherwise the returned state is None. Inputs of at most 16 tokens (decode steps) use
-    a chunk of next_pow2(T), so a single token is not padded to a full chunk.
+    a chunk of next_pow2(T), so a single token is not padded to a full chunk. Under an ambient
+    mesh (`with jax.set_mesh(mesh):`) the op runs inside `shard_map` over the mesh's batch
+    (`data`, `fsdp`), `sequence` (LASP-2) and `tensor` (heads) axes (`ambient_op_sharding`);
+    the Mosaic/Triton kernels cannot be partitioned any other way.
     """
-    T = q.shape[1]
+    B, T, H = q.shape[:3]
     chunk = min(cfg.chunk_size, next_pow2(T)) if T <= 16 else cfg.chunk_size
     fn = getattr(pallas_kernels, op)
+    kw = {}
+    sharding = ambient_op_sharding(B, T, H)
+    if sharding is not None:
+        kw["sharding"] = sharding
     o, final = fn(q, k, v, *gates, scale=scale, initial_state=state,
                   output_final_state=state is not None, segment_ids=segment_ids,
-                  chunk_size=chunk, impl=cfg.impl)
+                  chunk_size=chunk, impl=cfg.impl, **kw)
     return o, final
 
 

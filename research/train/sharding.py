@@ -1,15 +1,20 @@
 """Device mesh and the one table of logical-axis rules.
 
-The mesh has two named axes, `data` and `fsdp` (`mesh.data x mesh.fsdp` devices):
-- batches are split over both (`("data", "fsdp")` on the batch axis);
+The mesh has four named axes, `data`, `fsdp`, `sequence` and `tensor`
+(`mesh.data x mesh.fsdp x mesh.sequence x mesh.tensor` devices):
+- batches are split over `data` and `fsdp` (`("data", "fsdp")` on the batch axis) and, when
+  `sequence` > 1, their length over `sequence` (LASP-2 sequence parallelism in the ops);
 - parameters and optimizer state are sharded over `fsdp` (FSDP / ZeRO-3: XLA all-gathers a
-  parameter where the forward needs it and reduce-scatters its gradient).
+  parameter where the forward needs it and reduce-scatters its gradient), and their head and MLP
+  dimensions over `tensor`;
+- under `with jax.set_mesh(mesh):` the layers run their ops inside `shard_map` over whichever of
+  these axes the mesh has (`research.layers.common.ambient_op_sharding`).
 
 A parameter whose `nnx.Variable` carries logical axis names (metadata `out_sharding`, e.g.
-`("embed", "mlp")`, as `nnx.with_partitioning` sets) is placed by `LOGICAL_AXIS_RULES`; a
+`("embed", "mlp")`, as `research.layers.common.axes` sets) is placed by `LOGICAL_AXIS_RULES`; a
 parameter without names is sharded over `fsdp` on its largest dimension that `fsdp` divides
-(replicated if none does). A mesh axis is never used twice in one spec, and a dimension that the
-mesh axis size does not divide stays unsharded.
+(replicated if none does). A mesh axis is never used twice in one spec, a mesh axis the mesh lacks
+(or of size 1) is dropped, and a dimension that the mesh axis size does not divide stays unsharded.
 """
 
 from __future__ import annotations
@@ -25,60 +30,96 @@ from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
 FSDP_AXIS = "fsdp"
-MESH_AXES = (DATA_AXIS, FSDP_AXIS)
+SEQUENCE_AXIS = "sequence"
+TENSOR_AXIS = "tensor"
+MESH_AXES = (DATA_AXIS, FSDP_AXIS, SEQUENCE_AXIS, TENSOR_AXIS)
 BATCH_AXES = (DATA_AXIS, FSDP_AXIS)
 
-# logical axis name -> mesh axis (or tuple of mesh axes, or None for replicated)
+# logical axis name -> mesh axis (or tuple of mesh axes, or None for replicated). Parameters name
+# vocab / embed / heads / mlp / kv / conv; batches and activations name batch / length.
 LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("batch", BATCH_AXES),
-    ("activation_batch", BATCH_AXES),
+    ("length", SEQUENCE_AXIS),
     ("embed", FSDP_AXIS),
     ("vocab", None),
-    ("heads", None),
+    ("heads", TENSOR_AXIS),
+    ("mlp", TENSOR_AXIS),
     ("kv", None),
-    ("mlp", None),
-    ("length", None),
-    ("activation_length", None),
-    ("activation_embed", None),
     ("conv", None),
-    ("state", None),
 )
 
 
-def resolve_mesh_shape(data: int, fsdp: int, device_count: int | None = None) -> tuple[int, int]:
-    """(data, fsdp) with data=-1 resolved to the devices left over; ValueError if they do not fit.
-    """
+def resolve_mesh_shape(data: int, fsdp: int, device_count: int | None = None, *,
+                       sequence: int = 1, tensor: int = 1) -> tuple[int, int]:
+    """(data, fsdp) with data=-1 resolved to the devices that fsdp x sequence x tensor leave over;
+    ValueError (naming the fields and the device count) if they do not fit."""
     n = jax.device_count() if device_count is None else device_count
-    if fsdp < 1 or fsdp > n or (data == -1 and n % fsdp):
-        raise ValueError(f"mesh.fsdp must divide the device count {n}, got mesh.fsdp={fsdp}")
+    for name, v in (("mesh.fsdp", fsdp), ("mesh.sequence", sequence), ("mesh.tensor", tensor)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    rest = fsdp * sequence * tensor
+    if rest > n or (data == -1 and n % rest):
+        if sequence == tensor == 1:
+            raise ValueError(f"mesh.fsdp must divide the device count {n}, got mesh.fsdp={fsdp}")
+        raise ValueError(f"mesh.fsdp x mesh.sequence x mesh.tensor must divide the device count "
+                         f"{n}, got {fsdp} x {sequence} x {tensor}")
     if data == -1:
-        data = n // fsdp
-    if data < 1 or data * fsdp > n:
-        raise ValueError(f"mesh.data x mesh.fsdp must be <= the device count {n}, got "
-                         f"mesh.data={data}, mesh.fsdp={fsdp}")
-    if jax.process_count() > 1 and data * fsdp != n:
-        raise ValueError(f"with {jax.process_count()} processes mesh.data x mesh.fsdp must use "
-                         f"all {n} devices, got {data} x {fsdp}")
+        data = n // rest
+    shown = f"mesh.data={data}, mesh.fsdp={fsdp}"
+    if sequence != 1 or tensor != 1:
+        shown += f", mesh.sequence={sequence}, mesh.tensor={tensor}"
+    if not isinstance(data, int) or data < 1 or data * rest > n:
+        product = "mesh.data x mesh.fsdp" + (" x mesh.sequence x mesh.tensor" if rest != fsdp
+                                              else "")
+        raise ValueError(f"{product} must be <= the device count {n}, got {shown}")
+    if jax.process_count() > 1 and data * rest != n:
+        raise ValueError(f"with {jax.process_count()} processes the mesh must use all {n} "
+                         f"devices, got {shown}")
     return data, fsdp
 
 
-def make_mesh(data: int = -1, fsdp: int = 1) -> Mesh:
-    """A Mesh with axes ("data", "fsdp") of shape (data, fsdp) (`data=-1`: all other devices).
+def make_mesh(data: int = -1, fsdp: int = 1, *, sequence: int = 1, tensor: int = 1,
+              devices: Sequence[Any] | None = None) -> Mesh:
+    """A Mesh with axes ("data", "fsdp", "sequence", "tensor") of shape (data, fsdp, sequence,
+    tensor) (`data=-1`: all other devices).
 
-    Uses every device (in `jax.devices()` order) when the product is the device count, else the
-    first `data * fsdp` devices (single-process only).
+    `devices` defaults to `jax.devices()` (abstract TPU devices from
+    `jax.experimental.topologies.get_topology_desc(...).devices` work too: ahead-of-time
+    compilation). Uses every device when the product is their count, else the first ones
+    (single-process only). Axes of size 1 are kept: the layers and the rules ignore them.
     """
-    data, fsdp = resolve_mesh_shape(data, fsdp)
-    devices = jax.devices()
-    if data * fsdp == len(devices):
+    devices = list(jax.devices() if devices is None else devices)
+    data, fsdp = resolve_mesh_shape(data, fsdp, len(devices), sequence=sequence, tensor=tensor)
+    shape = (data, fsdp, sequence, tensor)
+    n = math.prod(shape)
+    if n == len(devices):
         try:
             from jax.experimental import mesh_utils
-            grid = mesh_utils.create_device_mesh((data, fsdp), devices=devices)
+            grid = mesh_utils.create_device_mesh(shape, devices=devices)
         except Exception:  # noqa: BLE001 - unusual topologies: fall back to plain order
-            grid = np.array(devices).reshape(data, fsdp)
+            grid = np.array(devices).reshape(shape)
     else:
-        grid = np.array(devices[: data * fsdp]).reshape(data, fsdp)
+        grid = np.array(devices[:n]).reshape(shape)
     return Mesh(grid, MESH_AXES)
+
+
+def mesh_axes_in(mesh: Any, axes: Any) -> tuple[str, ...]:
+    """The axes of `axes` (a name, a tuple of names or None) that `mesh` has with size > 1."""
+    if axes is None:
+        return ()
+    tup = (axes,) if isinstance(axes, str) else tuple(axes)
+    return tuple(a for a in tup if mesh.shape.get(a, 1) > 1)
+
+
+def rules_for_mesh(mesh: Any, rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES,
+                   ) -> tuple[tuple[str, Any], ...]:
+    """`rules` with every mesh axis that `mesh` lacks (or has at size 1) dropped: the form
+    flax's `sharding_rules` / `logical_axis_rules` take for this mesh."""
+    out = []
+    for name, axes in rules:
+        tup = mesh_axes_in(mesh, axes)
+        out.append((name, None if not tup else tup[0] if len(tup) == 1 else tup))
+    return tuple(out)
 
 
 def _axis_size(mesh: Mesh, axes: Any) -> int:
@@ -164,9 +205,21 @@ def param_shardings(abstract_params: Any, mesh: Mesh,
     return nnx.to_pure_dict(specs)
 
 
+def batch_spec(mesh: Mesh, ndim: int = 2) -> P:
+    """PartitionSpec of a batch array [B, L, ...]: B over ("data", "fsdp"), L over "sequence"
+    (where the mesh has it, size > 1), the rest replicated."""
+    if ndim < 1:
+        raise ValueError(f"ndim must be >= 1 for a batch array [B, ...], got {ndim}")
+    seq = mesh_axes_in(mesh, SEQUENCE_AXIS)
+    rest = [None] * (ndim - 1)
+    if seq and ndim >= 2:
+        rest[0] = SEQUENCE_AXIS
+    return P(BATCH_AXES, *rest)
+
+
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
-    """Sharding of a batch array [B, ...]: B over ("data", "fsdp"), the rest replicated."""
-    return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+    """Sharding of a batch array [B, L, ...]: `batch_spec` on `mesh`."""
+    return NamedSharding(mesh, batch_spec(mesh, ndim))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -187,7 +240,7 @@ def optimizer_shardings(optimizer, abstract_opt_state: Any, params_sharding: Any
 
 
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Assemble each process's rows into global jax.Arrays sharded over ("data", "fsdp")."""
+    """Assemble each process's rows into global jax.Arrays sharded as `batch_sharding`."""
     return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v)
             for k, v in local_batch.items()}
 
