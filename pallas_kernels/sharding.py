@@ -59,6 +59,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 AxisNames = str | tuple[str, ...] | None
@@ -209,6 +210,9 @@ def run(op: str, q, k, v, gates: tuple, *, scale, initial_state, output_final_st
         # gradients are those of the unsharded op (tests/pallas_kernels/test_sharding.py).
         fn = jax.shard_map(body, mesh=sharding.mesh, in_specs=(specs,),
                            out_specs=(tok(v), state_out), check_vma=False)
+        if AxisType.Explicit in tuple(getattr(sharding.mesh, "axis_types", ())):
+            # Explicit axes (jax.make_mesh's default): shard_map takes inputs already so placed.
+            args = jax.tree.map(lambda x, p: jax.reshard(x, NamedSharding(sharding.mesh, p)), args, specs)
         return fn(args)
 
 
