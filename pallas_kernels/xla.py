@@ -271,13 +271,29 @@ def gsa(q, k, v, s, g, *, scale, initial_state=None, segment_ids=None, chunk_siz
     return o, (A_N, B_N)
 
 
-def unit_lower_inverse(lower):
-    """(I + L)^{-1} for strictly lower-triangular L [.., C, C] (C a power of two).
+INVERSE_METHODS = ("auto", "doubling", "solve")
 
-    Recursive doubling over diagonal blocks: [[A, 0], [B, D]]^{-1} = [[A^-1, 0], [-D^-1 B A^-1, D^-1]],
-    from 1 x 1 blocks up to C x C: 2 log2(C) batched matmuls. (XLA's CPU triangular solve is
-    orders of magnitude slower for many small systems.)
+
+def unit_lower_inverse(lower, method: str = "auto"):
+    """(I + L)^{-1} for strictly lower-triangular L [.., C, C] (float32, C a power of two).
+
+    `method`: "doubling" (`_inverse_by_doubling`: 2 log2(C) batched matmuls), "solve" (XLA's
+    triangular solve against I), or "auto": chosen per platform when the program is lowered
+    (`lax.platform_dependent`): doubling on CPU, where XLA's triangular solve goes through LAPACK
+    one small system at a time (0.5 s per call at T=2048), the solve elsewhere (compiled for one
+    v5e chip at B=8 T=2048 H=16 C=64 the doubling moved 10.3 GB forward and 31.7 GB forward+
+    backward, the solve 1.6 and 3.6 GB; BENCHMARKS.md has the current figures). Entries on and
+    above the diagonal of `lower` are not read. The backward is one formula for every method
+    (`_inverse_bwd`); it saves only the inverse.
     """
+    if method not in INVERSE_METHODS:
+        raise ValueError(f"method must be one of {INVERSE_METHODS}, got {method!r}")
+    return _unit_lower_inverse(lower, method)
+
+
+def _inverse_by_doubling(lower):
+    """Recursive doubling over diagonal blocks, [[A, 0], [B, D]]^{-1} = [[A^-1, 0],
+    [-D^-1 B A^-1, D^-1]], from 1 x 1 blocks up to C x C."""
     *lead, C, _ = lower.shape
     inv = jnp.ones((*lead, C, 1, 1), lower.dtype)  # the 1 x 1 diagonal blocks of I + L
     s = 1
@@ -292,6 +308,37 @@ def unit_lower_inverse(lower):
         inv = jnp.concatenate([top, bottom], axis=-2)  # [.., nb, 2s, 2s]
         s *= 2
     return inv.reshape(*lead, C, C)
+
+
+def _inverse_by_solve(lower):
+    """XLA's triangular solve of (I + L) X = I (the unit diagonal is implied, not read)."""
+    eye = jnp.broadcast_to(jnp.eye(lower.shape[-1], dtype=lower.dtype), lower.shape)
+    return jax.lax.linalg.triangular_solve(lower, eye, left_side=True, lower=True,
+                                           unit_diagonal=True)
+
+
+def _inverse_primal(lower, method):
+    if method == "doubling":
+        return _inverse_by_doubling(lower)
+    if method == "solve":
+        return _inverse_by_solve(lower)
+    return jax.lax.platform_dependent(lower, cpu=_inverse_by_doubling, default=_inverse_by_solve)
+
+
+def _inverse_fwd(lower, method):
+    a = _inverse_primal(lower, method)
+    return a, a
+
+
+def _inverse_bwd(method, a, da):
+    """A = (I + L)^{-1}: dA = -A dL A, so the cotangent of L is -A^T dA A^T, strictly lower."""
+    del method
+    dl = -_einsum("...ji,...jk,...lk->...il", a, da, a)
+    return (jnp.where(_causal(a.shape[-1], strict=True), dl, 0.0),)
+
+
+_unit_lower_inverse = jax.custom_vjp(_inverse_primal, nondiff_argnums=(1,))
+_unit_lower_inverse.defvjp(_inverse_fwd, _inverse_bwd)
 
 
 def _wy(kc, vc, bc, ld: _LogDecays, masks, C):
