@@ -33,8 +33,8 @@ _FORWARD_CACHE: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary(
 
 
 def forward_fn(model):
-    """A jitted `(tokens int32 [B, T], segment_ids int32 [B, T] | None) -> logits float32
-    [B, T, V]` for `model` (cached per model).
+    """A jitted `(tokens int32 [B, T], segment_ids int32 [B, T] | None, prefix_length int32 [B]
+    | None) -> logits float32 [B, T, V]` for `model` (cached per model).
 
     The parameters are captured by value when first called: rebuild after training further.
     """
@@ -50,14 +50,29 @@ def forward_fn(model):
         def _fwd_seg(state, tokens, segment_ids):
             return nnx.merge(graphdef, state)(tokens, segment_ids=segment_ids)
 
-        def fn(tokens, segment_ids=None):
+        @jax.jit
+        def _fwd_prefix(state, tokens, segment_ids, prefix_length):
+            return nnx.merge(graphdef, state)(tokens, segment_ids=segment_ids,
+                                              prefix_length=prefix_length)
+
+        def fn(tokens, segment_ids=None, prefix_length=None):
             tokens = jnp.asarray(tokens, jnp.int32)
+            if segment_ids is not None:
+                segment_ids = jnp.asarray(segment_ids, jnp.int32)
+            if prefix_length is not None and _uses_prefix(model):
+                return _fwd_prefix(state, tokens, segment_ids, jnp.asarray(prefix_length, jnp.int32))
             if segment_ids is None:
                 return _fwd(state, tokens)
-            return _fwd_seg(state, tokens, jnp.asarray(segment_ids, jnp.int32))
+            return _fwd_seg(state, tokens, segment_ids)
 
         _FORWARD_CACHE[model] = fn
     return fn
+
+
+def _uses_prefix(model) -> bool:
+    """Whether any layer of `model` reads a prompt prefix (the `jrt` mixer)."""
+    return any(getattr(getattr(b, "mixer", None), "uses_prefix", False)
+               for b in getattr(model, "blocks", ()))
 
 
 def predict_logits(model, tokens: np.ndarray, batch_size: int = 32) -> np.ndarray:
@@ -111,12 +126,13 @@ def evaluate_task(model, task, num_examples: int = 256, batch_size: int = 32,
     for lo in range(start, start + n, batch_size):
         idx = np.arange(lo, min(lo + batch_size, start + n))
         batch = stack([task[int(i)] for i in idx])
-        tokens, seg = batch["tokens"], batch.get("segment_ids")
+        tokens, seg, prefix = batch["tokens"], batch.get("segment_ids"), batch.get("prefix_length")
         pad = batch_size - len(idx)
         if pad:  # keep one compiled shape
             tokens = np.concatenate([tokens, np.repeat(tokens[-1:], pad, 0)])
             seg = None if seg is None else np.concatenate([seg, np.repeat(seg[-1:], pad, 0)])
-        logits = fwd(tokens, seg)[: len(idx)]                             # [b, T, V] on device
+            prefix = None if prefix is None else np.concatenate([prefix, np.repeat(prefix[-1:], pad)])
+        logits = fwd(tokens, seg, prefix)[: len(idx)]                     # [b, T, V] on device
         if vocab is not None and logits.shape[-1] < vocab:
             raise ValueError(f"model vocabulary {logits.shape[-1]} is smaller than the task's "
                              f"vocab_size={vocab}")

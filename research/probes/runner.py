@@ -6,7 +6,7 @@
 the task the model was trained on; probes evaluate on the held-out evaluation source that the
 trainer builds from it (`research.data.build_sources`), so no training example is scored.
 
-Probes (`PROBES`; "all" of those that apply to the task run when `names` is None):
+Probes (`PROBES`; those that apply to the task run when `names` is None, except `OPT_IN`):
   task        per-task metrics (`evaluate_task`; text: held-out loss)      task.json
   length      length extrapolation, factors x the training length         length.json/png
               (accuracy on tasks; next-token loss on text)
@@ -14,6 +14,9 @@ Probes (`PROBES`; "all" of those that apply to the task run when `names` is None
   passkey     length x depth grid (Passkey task)                           passkey.json/png
   decay       per-head half-life statistics (mixers with `log_decay`)      decay.json/png
   state_norm  recurrent state norm along factors[-1] x the training length state_norm.json/png
+  jrt_prompt  the task as trained vs with JRT-Prompt (the context given twice; MQAR and set
+              disjointness, same problem sizes, so the sequence grows; on request:
+              `--probe jrt_prompt`)                                           jrt_prompt.json
 """
 
 from __future__ import annotations
@@ -31,9 +34,10 @@ from research.probes import plots
 from research.probes.capacity import length_extrapolation, passkey_sweep, recall_vs_kv_pairs
 from research.probes.dynamics import decay_statistics, state_norms
 from research.probes.evaluate import evaluate_task
-from research.tasks import MQAR, ForgettingMQAR, Passkey
+from research.tasks import MQAR, ForgettingMQAR, Passkey, SetDisjointness
 
-PROBES = ("task", "length", "kv_pairs", "passkey", "decay", "state_norm")
+PROBES = ("task", "length", "kv_pairs", "passkey", "decay", "state_norm", "jrt_prompt")
+OPT_IN = ("jrt_prompt",)  # run only when named
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +86,19 @@ def applicable_probes(task) -> list[str]:
         names.append("kv_pairs")
     if isinstance(task, Passkey):
         names.append("passkey")
+    if isinstance(task, (MQAR, SetDisjointness)):
+        names.append("jrt_prompt")
     return names + ["decay", "state_norm"]
+
+
+def jrt_prompt_task(task):
+    """`task` (MQAR or SetDisjointness) with JRT-Prompt and the same problem sizes: the sequence
+    grows by the repeated context."""
+    if isinstance(task, MQAR):
+        return task.with_(jrt_prompt=True, seq_len=task.seq_len + (0 if task.jrt_prompt else
+                                                                   task.context_len))
+    s, l = task.short_size, task.long_size
+    return task.with_(jrt_prompt=True, seq_len=2 * (s + l) + 4)
 
 
 def _jsonable(x: Any) -> Any:
@@ -146,7 +162,7 @@ def run_probes(model, config, outdir, names: Sequence[str] | None = None,
     task = eval_task_of(config)
     avail = applicable_probes(task)
     if names is None:
-        names = avail
+        names = [n for n in avail if n not in OPT_IN]
     for n in names:
         if n not in PROBES:
             raise ValueError(f"probe names must be in {PROBES}, got {n!r}")
@@ -216,6 +232,13 @@ def run_probes(model, config, outdir, names: Sequence[str] | None = None,
             _write_json(out / "state_norm.json", r)
             plots.plot_state_norms(r, out / "state_norm.png", train_len=train_len,
                                    title="recurrent state norm")
+        elif name == "jrt_prompt":
+            r = [{"jrt_prompt": bool(t.jrt_prompt), "seq_len": t.seq_len,
+                  **evaluate_task(model, t, s.num_examples, s.batch_size)}
+                 for t in (task, jrt_prompt_task(task))]
+            _write_json(out / "jrt_prompt.json", r)
+            summary.update({f"jrt_prompt/accuracy@{'jrt' if row['jrt_prompt'] else 'plain'}":
+                            row["accuracy"] for row in r})
         results[name] = r
     _write_json(out / "summary.json", summary)
     return results

@@ -5,7 +5,8 @@ Every task in `research.tasks` is a frozen dataclass that is also a grain
 
     {"tokens": int32[L], "targets": int32[L], "loss_mask": bool[L]}
 
-where `targets[t]` is the label the model must predict after reading `tokens[: t + 1]` (labels are
+(tasks with a prompt also give "prefix_length": int32[], the prompt's length, which prefix-attention
+models such as JRT-RNN read non-causally), where `targets[t]` is the label the model must predict after reading `tokens[: t + 1]` (labels are
 aligned with the tokens, i.e. already shifted), and `loss_mask[t]` marks the positions that count
 for loss and accuracy. Where `loss_mask` is False, `targets` holds 0 unless a task documents
 otherwise. Examples are deterministic in `(task.seed, i)`: the generator for example `i` is seeded
@@ -79,11 +80,14 @@ class Task:
         """Example `index`: {"tokens": int32[L], "targets": int32[L], "loss_mask": bool[L]}."""
         index = self._check_index(index)
         ex = self._generate(self.rng(index))
-        return {
+        out = {
             "tokens": np.asarray(ex["tokens"], dtype=np.int32),
             "targets": np.asarray(ex["targets"], dtype=np.int32),
             "loss_mask": np.asarray(ex["loss_mask"], dtype=bool),
         }
+        if "prefix_length" in ex:  # the prompt prefix (tasks with a prompt; see research.layers.jrt)
+            out["prefix_length"] = np.asarray(ex["prefix_length"], dtype=np.int32)
+        return out
 
     def batch(self, indices: Sequence[int] | np.ndarray) -> Example:
         """Stack examples `indices` into a batch: each value gets a leading axis B."""

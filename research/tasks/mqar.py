@@ -18,6 +18,12 @@ Arora, Eyuboglu et al., "Zoology: Measuring and improving recall in efficient la
   reading the key); the token after a query is filler;
 - filler is uniform random tokens over the whole vocabulary (`filler="random"`, Zoology's default,
   so filler may repeat keys or values) or zeros (`filler="zero"`).
+
+JRT-Prompt (Arora et al. 2024, "Just read twice"): with `jrt_prompt=True` the context is repeated
+before the queries (k1 v1 ... vN k1 v1 ... vN | queries), so the prompt is 4N tokens and the
+queries' slots start at 4N (`S = (L - 4N) // 2`); a recurrent model then sees every pair again
+after it has seen all keys. Every example also carries "prefix_length" = the prompt length (2N,
+or 4N with jrt_prompt), the prefix that prefix-attention models (`jrt`) read non-causally.
 """
 
 from __future__ import annotations
@@ -55,9 +61,11 @@ class MQAR(Task):
       num_examples: `len(task)`.
       power_a: exponent a of the query-gap power law (0.01 in Zoology; 1.0 is uniform).
       filler: "random" (uniform tokens over the vocabulary) or "zero".
+      jrt_prompt: repeat the context before the queries (JRT-Prompt; needs `6 N <= L`).
 
-    `task[i]` -> {"tokens": int32[L], "targets": int32[L], "loss_mask": bool[L]}; the N masked
-    positions are the query keys and their targets are the values bound to them.
+    `task[i]` -> {"tokens": int32[L], "targets": int32[L], "loss_mask": bool[L],
+    "prefix_length": int32[]}; the N masked positions are the query keys and their targets are
+    the values bound to them.
     """
 
     vocab_size: int = 8192
@@ -67,6 +75,7 @@ class MQAR(Task):
     num_examples: int = 100_000
     power_a: float = 0.01
     filler: str = "random"
+    jrt_prompt: bool = False
 
     def __post_init__(self):
         check_positive("vocab_size", self.vocab_size, 4)
@@ -77,6 +86,14 @@ class MQAR(Task):
         check_choice("filler", self.filler, ("random", "zero"))
         if self.seq_len % 2:
             raise ValueError(f"seq_len must be even, got {self.seq_len}")
+        if not isinstance(self.jrt_prompt, bool):
+            raise ValueError(f"jrt_prompt must be a bool, got {self.jrt_prompt!r}")
+        if self.jrt_prompt and 6 * self.num_kv_pairs > self.seq_len:
+            raise ValueError(
+                f"num_kv_pairs must satisfy 6 * num_kv_pairs <= seq_len with jrt_prompt (the "
+                f"context twice, then the queries), got num_kv_pairs={self.num_kv_pairs}, "
+                f"seq_len={self.seq_len}"
+            )
         if 4 * self.num_kv_pairs > self.seq_len:
             raise ValueError(
                 f"num_kv_pairs must satisfy 4 * num_kv_pairs <= seq_len, got num_kv_pairs="
@@ -96,9 +113,14 @@ class MQAR(Task):
         return 2 * self.num_kv_pairs
 
     @property
+    def prompt_len(self) -> int:
+        """The tokens before the query slots: 2N, or 4N with jrt_prompt (the context twice)."""
+        return self.context_len * (2 if self.jrt_prompt else 1)
+
+    @property
     def num_gap_slots(self) -> int:
-        """S = (L - 2N) // 2: the query slots after the context."""
-        return (self.seq_len - self.context_len) // 2
+        """S = (L - prompt_len) // 2: the query slots after the prompt."""
+        return (self.seq_len - self.prompt_len) // 2
 
     def _generate(self, rng: np.random.Generator) -> Example:
         n, L, V = self.num_kv_pairs, self.seq_len, self.vocab_size
@@ -110,7 +132,9 @@ class MQAR(Task):
         tokens = np.zeros(L, dtype=np.int64)
         tokens[0 : 2 * n : 2] = keys
         tokens[1 : 2 * n : 2] = values
-        query_pos = self.context_len + 2 * gaps
+        if self.jrt_prompt:
+            tokens[2 * n : 4 * n] = tokens[: 2 * n]
+        query_pos = self.prompt_len + 2 * gaps
         tokens[query_pos] = keys
         targets = np.zeros(L, dtype=np.int64)
         targets[query_pos] = values
@@ -120,4 +144,5 @@ class MQAR(Task):
             # Zoology replaces every 0 token by a uniform token (keys are never 0).
             zero = tokens == 0
             tokens[zero] = rng.integers(0, V, size=int(zero.sum()))
-        return {"tokens": tokens, "targets": targets, "loss_mask": loss_mask}
+        return {"tokens": tokens, "targets": targets, "loss_mask": loss_mask,
+                "prefix_length": self.prompt_len}

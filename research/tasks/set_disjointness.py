@@ -9,6 +9,14 @@ short set first (easy for a fixed-size state), `"long_first"` the long one. Size
 has `short_size` elements and the long set fills the rest, `seq_len - short_size - 2`.
 
 Tokens: 0 = SEP, 1 = QUERY, elements from `2..V-1`.
+
+JRT-Prompt (`jrt_prompt=True`, Arora et al. 2024): the two sets are given twice before the query,
+
+    tokens:  [SEP] A SEP B SEP A SEP B QUERY        (the leading SEP only when L is odd)
+
+so a recurrent model reads the second set before the first comes again; then the long set has
+`(seq_len - 4) // 2 - short_size` elements. Every example carries "prefix_length" = L - 1 (all
+but the query), the prefix that prefix-attention models (`jrt`) read non-causally.
 """
 
 from __future__ import annotations
@@ -33,8 +41,10 @@ class SetDisjointness(Task):
       short_size: elements in the short set (>= 1, <= long_size).
       order: "short_first" or "long_first".
       seed, num_examples: examples are deterministic in (seed, index).
+      jrt_prompt: give the two sets twice (JRT-Prompt; see the module docstring).
 
-    `task[i]` -> {"tokens": int32[L], "targets": int32[L], "loss_mask": bool[L]}.
+    `task[i]` -> {"tokens": int32[L], "targets": int32[L], "loss_mask": bool[L],
+    "prefix_length": int32[]}.
     """
 
     vocab_size: int = 256
@@ -43,10 +53,14 @@ class SetDisjointness(Task):
     order: str = "short_first"
     seed: int = 0
     num_examples: int = 100_000
+    jrt_prompt: bool = False
 
     def __post_init__(self):
         check_positive("short_size", self.short_size)
-        check_positive("seq_len", self.seq_len, 2 * self.short_size + 2)
+        if not isinstance(self.jrt_prompt, bool):
+            raise ValueError(f"jrt_prompt must be a bool, got {self.jrt_prompt!r}")
+        check_positive("seq_len", self.seq_len,
+                       4 * self.short_size + 4 if self.jrt_prompt else 2 * self.short_size + 2)
         check_positive("num_examples", self.num_examples)
         check_positive("seed", self.seed, 0)
         check_choice("order", self.order, ("short_first", "long_first"))
@@ -59,7 +73,10 @@ class SetDisjointness(Task):
 
     @property
     def long_size(self) -> int:
-        """Elements in the long set: seq_len - short_size - 2."""
+        """Elements in the long set: seq_len - short_size - 2 ((seq_len - 4) // 2 - short_size
+        with jrt_prompt)."""
+        if self.jrt_prompt:
+            return (self.seq_len - 4) // 2 - self.short_size
         return self.seq_len - self.short_size - 2
 
     def _generate(self, rng: np.random.Generator) -> Example:
@@ -69,10 +86,15 @@ class SetDisjointness(Task):
         short = rng.permutation(np.concatenate([[common], elems[1:s]]))
         long_ = rng.permutation(np.concatenate([[common], elems[s:]]))
         first, second = (short, long_) if self.order == "short_first" else (long_, short)
-        tokens = np.concatenate([first, [SEP], second, [QUERY]]).astype(np.int64)
+        prompt = [first, [SEP], second]
+        if self.jrt_prompt:
+            pad = [[SEP]] if self.seq_len % 2 else []
+            prompt = [*pad, *prompt, [SEP], *prompt]
+        tokens = np.concatenate([*prompt, [QUERY]]).astype(np.int64)
         L = self.seq_len
         targets = np.zeros(L, dtype=np.int64)
         targets[L - 1] = common
         loss_mask = np.zeros(L, dtype=bool)
         loss_mask[L - 1] = True
-        return {"tokens": tokens, "targets": targets, "loss_mask": loss_mask}
+        return {"tokens": tokens, "targets": targets, "loss_mask": loss_mask,
+                "prefix_length": L - 1}

@@ -137,21 +137,25 @@ def _setup(config: Config, mesh) -> _Setup:
 
 
 def _masked_sums(graphdef, abs_params, params, rest, batch, compute_dtype):
-    """(sum of masked NLL, number of masked tokens, number correct) for one batch."""
+    """(sum of masked NLL, number of masked tokens, number correct, aux loss x tokens) for one
+    batch; the aux loss is the model's (mom's load balancing, 0 for most models), weighted by
+    the batch's masked tokens so that sums over micro-batches divide like the NLL."""
     if compute_dtype != jnp.float32:
         params = jax.tree.map(
             lambda p: p.astype(compute_dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p,
             params)
     model = nnx.merge(graphdef, _as_state(abs_params, params), rest)
     kwargs = {}
-    if "segment_ids" in batch:
-        kwargs["segment_ids"] = batch["segment_ids"]
-    logits = model(batch["tokens"], **kwargs).astype(jnp.float32)  # [b, L, V]
+    for key in ("segment_ids", "prefix_length"):
+        if key in batch:
+            kwargs[key] = batch[key]
+    logits, aux = model(batch["tokens"], return_aux=True, **kwargs)
+    logits = logits.astype(jnp.float32)  # [b, L, V]
     logp = jax.nn.log_softmax(logits, axis=-1)
     nll = -jnp.take_along_axis(logp, batch["targets"][..., None], axis=-1)[..., 0]  # [b, L]
     mask = batch["loss_mask"].astype(jnp.float32)
     correct = (jnp.argmax(logits, axis=-1) == batch["targets"]).astype(jnp.float32) * mask
-    return (nll * mask).sum(), mask.sum(), correct.sum()
+    return (nll * mask).sum(), mask.sum(), correct.sum(), aux["aux_loss"] * mask.sum()
 
 
 def _make_steps(config: Config, setup: _Setup, example_batch: dict[str, np.ndarray]):
@@ -162,16 +166,16 @@ def _make_steps(config: Config, setup: _Setup, example_batch: dict[str, np.ndarr
     schedule = learning_rate_schedule(config.optimizer, config.train.steps)
     mesh = setup.mesh
 
-    def sums(params, rest, batch):
-        s, n, c = _masked_sums(graphdef, abs_params, params, rest, batch, compute_dtype)
-        return s, (n, c)
+    def sums(params, rest, batch):  # the gradient is of NLL + aux; loss_sum is the NLL alone
+        s, n, c, a = _masked_sums(graphdef, abs_params, params, rest, batch, compute_dtype)
+        return s + a, (n, c, s, a)
 
     grad_fn = jax.value_and_grad(sums, has_aux=True)
 
     def train_step(state, rest, batch):
         params = state["params"]
         if k == 1:
-            (loss_sum, (count, correct)), grads = grad_fn(params, rest, batch)
+            (_, (count, correct, loss_sum, aux_sum)), grads = grad_fn(params, rest, batch)
         else:
             def split(x):  # [B, ...] -> [k, B/k, ...]; micro-batch i takes rows i, i+k, ...
                 y = x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
@@ -183,12 +187,13 @@ def _make_steps(config: Config, setup: _Setup, example_batch: dict[str, np.ndarr
             zeros = jax.tree.map(jnp.zeros_like, params)
 
             def body(carry, mb):
-                g_acc, s_acc, n_acc, c_acc = carry
-                (s, (n, c)), g = grad_fn(params, rest, mb)
-                return (jax.tree.map(jnp.add, g_acc, g), s_acc + s, n_acc + n, c_acc + c), None
+                g_acc, s_acc, n_acc, c_acc, a_acc = carry
+                (_, (n, c, s, a)), g = grad_fn(params, rest, mb)
+                return (jax.tree.map(jnp.add, g_acc, g), s_acc + s, n_acc + n, c_acc + c,
+                        a_acc + a), None
 
-            init = (zeros, jnp.zeros(()), jnp.zeros(()), jnp.zeros(()))
-            (grads, loss_sum, count, correct), _ = jax.lax.scan(body, init, micro)
+            init = (zeros, jnp.zeros(()), jnp.zeros(()), jnp.zeros(()), jnp.zeros(()))
+            (grads, loss_sum, count, correct, aux_sum), _ = jax.lax.scan(body, init, micro)
         denom = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
         updates, opt_state = optimizer.update(grads, state["opt_state"], params)
@@ -198,10 +203,14 @@ def _make_steps(config: Config, setup: _Setup, example_batch: dict[str, np.ndarr
         metrics = {"loss": loss_sum / denom, "accuracy": correct / denom,
                    "grad_norm": optax.tree.norm(grads), "lr": schedule(state["step"]),
                    "tokens": count}
+        if has_aux:
+            metrics["aux_loss"] = aux_sum / denom
         return new_state, metrics
 
+    has_aux = "mom" in config.model.layer_mixers()  # models with a routed mixer log train/aux_loss
+
     def eval_step(params, rest, batch):
-        s, n, c = _masked_sums(graphdef, abs_params, params, rest, batch, compute_dtype)
+        s, n, c, _ = _masked_sums(graphdef, abs_params, params, rest, batch, compute_dtype)
         return {"loss_sum": s, "count": n, "correct": c}
 
     rep = replicated(mesh)
@@ -475,6 +484,8 @@ def run(config: Config, workdir: str | pathlib.Path | None = None, *, preset: st
                     "perf/tokens_per_sec": window_tokens / dt,
                     "perf/steps_per_sec": len(host) / dt,
                 }
+                if "aux_loss" in host[-1]:
+                    last_train["train/aux_loss"] = float(np.mean([float(m["aux_loss"]) for m in host]))
                 writer.write(step, last_train)
                 if pbar is not None:
                     pbar.set_postfix(loss=f"{last_train['train/loss']:.4f}",

@@ -17,9 +17,10 @@ def _task(**kw):
 def test_example_format_and_dtypes():
     task = _task()
     ex = task[7]
-    assert set(ex) == {"tokens", "targets", "loss_mask"}
+    assert set(ex) == {"tokens", "targets", "loss_mask", "prefix_length"}
     assert ex["tokens"].dtype == np.int32 and ex["targets"].dtype == np.int32
     assert ex["loss_mask"].dtype == np.bool_
+    assert ex.pop("prefix_length") == 8 and task.prompt_len == 8  # the kv context
     for v in ex.values():
         assert v.shape == (64,)
     assert len(task) == 1000
@@ -127,3 +128,20 @@ def test_bad_config_names_the_field(kw, field):
 def test_batch_stacks():
     b = _task().batch([0, 5, 9])
     assert b["tokens"].shape == (3, 64) and b["loss_mask"].shape == (3, 64)
+
+
+def test_jrt_prompt_repeats_the_context_before_the_queries():
+    plain, jrt = _task(), _task(jrt_prompt=True)
+    for i in range(10):
+        a, b = plain[i], jrt[i]
+        n2 = 8
+        np.testing.assert_array_equal(b["tokens"][:n2], b["tokens"][n2:2 * n2])
+        assert int(b["prefix_length"]) == 2 * n2 == jrt.prompt_len
+        q = np.flatnonzero(b["loss_mask"])
+        assert len(q) == 4 and q.min() >= 2 * n2 and (q - 2 * n2).max() // 2 < jrt.num_gap_slots
+        keys, values = b["tokens"][:n2:2], b["tokens"][1:n2:2]
+        bound = dict(zip(keys.tolist(), values.tolist()))
+        assert all(bound[k] == v for k, v in zip(b["tokens"][q], b["targets"][q]))
+        assert set(a["tokens"][:n2:2]) == set(keys)  # same draws: the plain example's pairs
+    with pytest.raises(ValueError, match="jrt_prompt"):
+        _task(jrt_prompt=True, seq_len=40, num_kv_pairs=8)

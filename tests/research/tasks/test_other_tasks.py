@@ -143,3 +143,22 @@ def test_bad_configs():
         SelectiveCopying(seq_len=10, num_tokens=8)
     with pytest.raises(ValueError, match="task name"):
         make_task("nope")
+
+
+@pytest.mark.parametrize("seq_len", [40, 41])
+def test_set_disjointness_jrt_prompt_gives_the_sets_twice(seq_len):
+    task = SetDisjointness(vocab_size=100, seq_len=seq_len, short_size=6, seed=5, num_examples=20,
+                           jrt_prompt=True)
+    assert task.long_size == 12
+    for i in range(10):
+        ex = task[i]
+        tok = ex["tokens"]
+        assert tok.shape == (seq_len,) and tok[-1] == 1 and int(ex["prefix_length"]) == seq_len - 1
+        body = tok[seq_len % 2: -1]  # without the leading SEP of an odd length
+        half = len(body) // 2
+        np.testing.assert_array_equal(body[:half], body[half + 1:])
+        assert body[half] == 0
+        a, b = body[:6], body[7:half]
+        assert ex["targets"][-1] == (set(a.tolist()) & set(b.tolist())).pop()
+    with pytest.raises(ValueError, match="seq_len"):
+        SetDisjointness(seq_len=20, short_size=6, jrt_prompt=True)
