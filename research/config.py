@@ -15,6 +15,8 @@ import dataclasses
 import math
 from typing import Any
 
+from research.validation import is_int as _is_int
+
 MIXERS = (
     "linear_attention",
     "retnet",
@@ -30,7 +32,6 @@ MIXERS = (
     "mom",
     "jrt",
 )
-ATTENTION_MIXERS = ("attention", "sliding_window_attention")
 DECAYS = ("none", "fixed", "scalar", "vector")
 FEATURE_MAPS = ("identity", "elu", "relu", "silu", "swish", "softmax", "taylor")
 QK_NORMS = ("l2", "none")
@@ -59,10 +60,6 @@ MIXER_DEFAULTS: dict[str, dict[str, Any]] = {
     "jrt": dict(expand_k=1.0, expand_v=1.0, feature_map="elu", use_output_gate=False),
 }
 _KNOBS = ("expand_k", "expand_v", "feature_map", "use_output_gate", "decay", "gate_logit_normalizer")
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from research.validation import check_choice, check_int  # noqa: F401 (check_choice: for the tasks)
+
 Example = dict[str, np.ndarray]
 
 
@@ -33,15 +35,8 @@ def _task_salt(name: str) -> int:
 
 
 def check_positive(name: str, value: int, minimum: int = 1) -> None:
-    """Raise ValueError unless `value` is an int >= `minimum`."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
-    """Raise ValueError unless `value` is one of `choices`."""
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    """`research.validation.check_int` with the tasks' usual minimum of 1."""
+    check_int(name, value, minimum)
 
 
 @dataclasses.dataclass(frozen=True)
