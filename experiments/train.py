@@ -1,14 +1,22 @@
-"""Train a model: `python -m experiments.train --preset NAME [--workdir DIR] [key=value ...]`.
+"""Train a model: `python -m experiments.train --preset NAME [--config FILE] [--workdir DIR]
+[key=value ...]`.
 
     python -m experiments.train --preset mqar-tiny
     python -m experiments.train --preset mqar-tiny model.mixer=deltanet train.steps=2000
     python -m experiments.train --preset shakespeare-byte --workdir runs/bard mesh.fsdp=4
+    python -m experiments.train --config my.yaml train.seed=1      # a YAML/JSON file over the preset
     python -m experiments.train --list-keys --preset mqar-tiny     # every key and its value
 
-Writes DIR/config.json, DIR/metrics.jsonl, DIR/tensorboard/, DIR/checkpoints/ (default DIR:
-runs/<preset>); rerunning the same command resumes. The logic lives in `research.train.run`.
-Multi-host: pass --coordinator-address/--num-processes/--process-id (or set
+The config is the preset, then the --config file (any subset of the keys), then the
+`section.field=value` overrides (OmegaConf dot-list syntax). Writes DIR/config.json,
+DIR/metrics.jsonl, DIR/tensorboard/, DIR/checkpoints/ (default DIR: runs/<preset>); rerunning the
+same command resumes. One run holds DIR at a time: a second one exits at once naming the holder's
+pid. The logic lives in `research.train.run`. Multi-host: pass
+--coordinator-address/--num-processes/--process-id (or set
 JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID), or --distributed on a managed cluster.
+
+Exit status: 0 trained (or stopped by a signal, saved); 1 the loss diverged; 2 a bad config or
+argument; 3 the workdir is in use by another run.
 """
 
 from __future__ import annotations
@@ -25,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"presets: {', '.join(sorted(PRESETS))}")
     p.add_argument("--preset", default="mqar-tiny", help="named config (default: mqar-tiny)")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="YAML or JSON config file merged over the preset (e.g. a run's "
+                        "config.json)")
     p.add_argument("--workdir", default=None, help="output folder (default: runs/<preset>)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="dotted config overrides, e.g. model.mixer=deltanet train.steps=500")
@@ -35,14 +46,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() with cluster auto-detection")
     return p
-
-
-def _flatten(d, prefix=""):
-    for k, v in d.items():
-        if isinstance(v, dict) and not (prefix.startswith("data.") and k == "task_args"):
-            yield from _flatten(v, f"{prefix}{k}.")
-        else:
-            yield f"{prefix}{k}", v
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,14 +62,24 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
 
-    from research.train import TrainingDiverged, config_to_dict, get_preset, run
+    from research.train import (
+        TrainingDiverged,
+        WorkdirBusy,
+        config_items,
+        get_preset,
+        load_config,
+        run,
+    )
     try:
-        config = get_preset(args.preset).override(*args.overrides)
+        config = get_preset(args.preset)
+        if args.config is not None:
+            config = load_config(args.config, base=config)
+        config = config.override(*args.overrides)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.list_keys:
-        for key, value in _flatten(config_to_dict(config)):
+        for key, value in config_items(config):
             print(f"{key}={json.dumps(value)}")
         return 0
     workdir = args.workdir or f"runs/{args.preset}"
@@ -75,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except WorkdirBusy as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

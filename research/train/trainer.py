@@ -1,22 +1,31 @@
 """The training loop: `run(config, workdir) -> summary`, the function behind
 `python -m experiments.train`, notebooks and sweeps.
 
-One step (jitted once, sharded over the `data x fsdp` mesh):
+One step (jitted once, sharded over the `data x fsdp x sequence x tensor` mesh, traced under
+`jax.set_mesh(mesh)` so the layers see the mesh):
 
-    batch [B, L] (over data x fsdp) -> micro-batches [k, B/k, L] -> sum of masked token NLL and
+    batch [B, T] (over data x fsdp) -> micro-batches [k, B/k, T] -> sum of masked token NLL and
     its gradient (scan over micro-batches) -> divide by the number of masked tokens
     -> clip -> AdamW(schedule) -> new params
 
-What `run` writes into WORKDIR: `config.json` (the resolved config), `metrics.jsonl`,
-`tensorboard/`, `checkpoints/<step>/`. Rerunning with the same WORKDIR resumes from the newest
-readable checkpoint (params, optimizer, step, RNG and the data iterator), so the resumed run
-reads the same batches and ends with the same loss as an uninterrupted one.
+`run` reads top to bottom: lock the workdir, data, mesh, model and steps, restore or initialise,
+then the loop. Each step trains, adds its metrics to the window, then, when due: evaluates, closes
+the window (checking the loss is finite) into a train record, checkpoints, and stops if a signal,
+the target accuracy or the last step says so.
 
-Notation: B = global batch, L = sequence length, V = vocabulary, k = gradient-accumulation steps.
+What `run` writes into WORKDIR: `.lock` (the run's pid while it runs), `config.json` (the
+resolved config), `metrics.jsonl`, `tensorboard/`, `checkpoints/<step>/`, `summary.json`.
+Rerunning with the same WORKDIR resumes from the newest readable checkpoint (params, optimizer,
+step, RNG and the data iterator), so the resumed run reads the same batches and ends with the
+same loss as an uninterrupted one.
+
+Notation (as in `research.array_typing`): B = global batch, T = sequence length, k = gradient
+accumulation steps; logits are [B, T, vocab].
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -33,14 +42,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
 
+from research.config import ModelConfig
 from research.data.loader import eval_batches, train_dataset
 from research.data.sources import build_sources
+from research.model import LanguageModel
 from research.train.checkpoint import Checkpointer
-from research.train.config import Config, config_to_dict, save_config
+from research.train.config import Config, MeshConfig, config_to_dict, load_config, save_config
 from research.train.metrics import MetricsWriter, truncate_metrics
 from research.train.optimizer import learning_rate_schedule, make_optimizer
 from research.train.sharding import (
+    BATCH_AXES,
     batch_sharding,
     global_batch,
     make_mesh,
@@ -48,6 +61,7 @@ from research.train.sharding import (
     param_shardings,
     replicated,
 )
+from research.train.workdir import hold_workdir
 
 
 class TrainingDiverged(RuntimeError):
@@ -55,23 +69,30 @@ class TrainingDiverged(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------------
-# Model and state construction.
+# Mesh, model and state construction.
 
 
-def _model_factory(model_cfg: Any, seed: int):
-    import research
+def build_mesh(cfg: MeshConfig) -> jax.sharding.Mesh:
+    """The device mesh of `cfg` (`sharding.make_mesh`; `data=-1` takes the devices left over)."""
+    if cfg.sequence == 1 and cfg.tensor == 1:
+        return make_mesh(cfg.data, cfg.fsdp)
+    return make_mesh(cfg.data, cfg.fsdp, sequence=cfg.sequence, tensor=cfg.tensor)
 
+
+def _batch_shards(mesh) -> int:
+    """How many ways a batch is split: the product of the mesh's batch axes."""
+    return math.prod(mesh.shape.get(a, 1) for a in BATCH_AXES)
+
+
+def _model_factory(model_cfg: ModelConfig, seed: int):
     def create():
-        return research.LanguageModel(model_cfg, rngs=nnx.Rngs(seed))
+        return LanguageModel(model_cfg, rngs=nnx.Rngs(seed))
     return create
 
 
 def _no_eager_sharding():
     ctx = getattr(nnx, "use_eager_sharding", None)
-    if ctx is None:
-        import contextlib
-        return contextlib.nullcontext()
-    return ctx(False)
+    return contextlib.nullcontext() if ctx is None else ctx(False)
 
 
 def _as_state(template: Any, pure: Any) -> Any:
@@ -122,7 +143,9 @@ def _setup(config: Config, mesh) -> _Setup:
     abstract_state = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
         state_shardings)
-    rest = jax.jit(lambda: init()[1], out_shardings=rest_shard)()
+    # no non-Param state (the usual case): nothing to run, so an abstract mesh (AOT) works too
+    rest = (jax.jit(lambda: init()[1], out_shardings=rest_shard)()
+            if jax.tree.leaves(abs_rest) else abs_rest)
 
     def init_state():
         return init_jit()[0]
@@ -150,9 +173,9 @@ def _masked_sums(graphdef, abs_params, params, rest, batch, compute_dtype):
         if key in batch:
             kwargs[key] = batch[key]
     logits, aux = model(batch["tokens"], return_aux=True, **kwargs)
-    logits = logits.astype(jnp.float32)  # [b, L, V]
+    logits = logits.astype(jnp.float32)  # [b, T, vocab]
     logp = jax.nn.log_softmax(logits, axis=-1)
-    nll = -jnp.take_along_axis(logp, batch["targets"][..., None], axis=-1)[..., 0]  # [b, L]
+    nll = -jnp.take_along_axis(logp, batch["targets"][..., None], axis=-1)[..., 0]  # [b, T]
     mask = batch["loss_mask"].astype(jnp.float32)
     correct = (jnp.argmax(logits, axis=-1) == batch["targets"]).astype(jnp.float32) * mask
     return (nll * mask).sum(), mask.sum(), correct.sum(), aux["aux_loss"] * mask.sum()
@@ -179,7 +202,7 @@ def _make_steps(config: Config, setup: _Setup, example_batch: dict[str, np.ndarr
         else:
             def split(x):  # [B, ...] -> [k, B/k, ...]; micro-batch i takes rows i, i+k, ...
                 y = x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
-                spec = jax.sharding.PartitionSpec(None, ("data", "fsdp"),
+                spec = jax.sharding.PartitionSpec(None, BATCH_AXES,
                                                   *([None] * (x.ndim - 1)))
                 return jax.lax.with_sharding_constraint(
                     y, jax.sharding.NamedSharding(mesh, spec))
@@ -226,20 +249,34 @@ def _make_steps(config: Config, setup: _Setup, example_batch: dict[str, np.ndarr
 
 
 # --------------------------------------------------------------------------------------------
-# Helpers for the loop.
+# The loop's parts, in the order a step meets them.
 
 
-class _StopFlag:
-    """Set by SIGTERM (and a first SIGINT); the loop saves a checkpoint and returns."""
+def _due(step: int, every: int, last: int) -> bool:
+    """A periodic event (evaluation, checkpoint) is due every `every` steps (0: never) and at
+    the last step."""
+    return step == last or (every > 0 and step % every == 0)
+
+
+class _StopSignal:
+    """Asks the loop to checkpoint and return, at a step every process agrees on.
+
+    One process: SIGTERM or a first Ctrl-C sets a flag that the next step reads (a second
+    Ctrl-C aborts at once). Several processes: JAX's coordination service receives the SIGTERM
+    (a preemption notice) on any host and `reached_preemption_sync_point(step)` turns True on
+    every process at the same step; a first Ctrl-C is passed on as SIGTERM. No collective runs on
+    the steps in between.
+    """
 
     def __init__(self):
         self.signal_name: str | None = None
+        self._multi = jax.process_count() > 1
         self._previous: dict[int, Any] = {}
 
-    def install(self):
+    def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in ((signal.SIGINT,) if self._multi else (signal.SIGTERM, signal.SIGINT)):
             self._previous[sig] = signal.getsignal(sig)
             signal.signal(sig, self._handle)
 
@@ -247,28 +284,135 @@ class _StopFlag:
         if self.signal_name is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C aborts without waiting
         self.signal_name = signal.Signals(signum).name
+        if self._multi:
+            signal.raise_signal(signal.SIGTERM)  # to the preemption notifier: all hosts stop
 
-    def restore(self):
+    def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
 
-    def agreed(self) -> bool:
-        """True if any process was asked to stop (all processes must stop at the same step)."""
-        local = self.signal_name is not None
-        if jax.process_count() == 1:
-            return local
-        from jax.experimental import multihost_utils
-        flags = multihost_utils.process_allgather(np.array([int(local)], np.int32))
-        return bool(np.max(flags))
+    def should_stop(self, step: int) -> bool:
+        """True at the step where every process stops (call it once per step, on all of them)."""
+        if not self._multi:
+            return self.signal_name is not None
+        if multihost_utils.reached_preemption_sync_point(step):
+            self.signal_name = self.signal_name or "SIGTERM"
+            return True
+        return False
 
 
-def _check_vocab(model_cfg: Any, source: Any, name: str) -> None:
-    model_vocab = getattr(model_cfg, "vocab_size", None)
+class _MetricWindow:
+    """The train steps since the last record: their (device) metrics, tokens and wall time, less
+    the time spent evaluating and checkpointing."""
+
+    def __init__(self):
+        self._reset()
+
+    def _reset(self):
+        self.metrics: list[dict] = []
+        self.tokens = 0
+        self.t0 = time.time()
+
+    def add(self, metrics: dict, tokens: int) -> None:
+        self.metrics.append(metrics)
+        self.tokens += tokens
+
+    def exclude(self, seconds: float) -> None:
+        """Leave `seconds` (an evaluation, a save) out of tokens/s."""
+        self.t0 += seconds
+
+    def close(self) -> tuple[list[float], dict[str, float]]:
+        """(the loss of every step in the window, the train record) and start a new window."""
+        host = jax.device_get(self.metrics)
+        dt = max(time.time() - self.t0, 1e-9)
+        losses = [float(m["loss"]) for m in host]
+        record = {
+            "train/loss": float(np.mean(losses)),
+            "train/accuracy": float(np.mean([float(m["accuracy"]) for m in host])),
+            "train/grad_norm": float(host[-1]["grad_norm"]),
+            "train/lr": float(host[-1]["lr"]),
+            "perf/tokens_per_sec": self.tokens / dt,
+            "perf/steps_per_sec": len(host) / dt,
+        }
+        if "aux_loss" in host[-1]:
+            record["train/aux_loss"] = float(np.mean([float(m["aux_loss"]) for m in host]))
+        self._reset()
+        return losses, record
+
+
+def _check_finite(losses: list[float], last_step: int, writer: MetricsWriter,
+                  checkpoints: Checkpointer, last_good: int | None) -> None:
+    """Raise TrainingDiverged at the first non-finite loss of the window ending at `last_step`,
+    naming its step and the last good checkpoint (and recording the bad loss)."""
+    for i, v in enumerate(losses):
+        if not math.isfinite(v):
+            bad_step = last_step - len(losses) + 1 + i
+            where = (f"{checkpoints.path(last_good)} (step {last_good})"
+                     if last_good is not None else "none (no checkpoint yet)")
+            writer.write(bad_step, {"train/loss": v})
+            raise TrainingDiverged(
+                f"training loss became {v} at step {bad_step}; stopping. Last good "
+                f"checkpoint: {where}. Lower optimizer.lr or raise optimizer.warmup_steps, "
+                "then rerun to resume from it.")
+
+
+class _Progress:
+    """The tqdm bar and the printed lines (process 0 only)."""
+
+    def __init__(self, config: Config, start: int, verbose: bool):
+        self.verbose = verbose and jax.process_index() == 0
+        self.bar = None
+        if config.train.progress and jax.process_index() == 0:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=config.train.steps, initial=start, desc="train", unit="step",
+                            dynamic_ncols=True, file=sys.stderr)
+        self.loss = float("nan")
+
+    def say(self, msg: str) -> None:
+        if self.verbose:
+            print(msg, file=sys.stderr, flush=True)
+
+    def step(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def train(self, record: dict) -> None:
+        self.loss = record["train/loss"]
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{self.loss:.4f}",
+                                 tok_s=f"{record['perf/tokens_per_sec']:.0f}", refresh=False)
+
+    def eval(self, step: int, record: dict, last: bool) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{self.loss:.4f}",
+                                 eval_acc=f"{record['eval/accuracy']:.3f}", refresh=False)
+        elif not last:
+            self.say(f"  step {step}: eval loss {record['eval/loss']:.4f} "
+                     f"accuracy {record['eval/accuracy']:.4f}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _check_vocab(model_cfg: ModelConfig, source: Any, name: str) -> None:
     data_vocab = getattr(source, "vocab_size", None)
-    if model_vocab is not None and data_vocab is not None and data_vocab > model_vocab:
-        raise ValueError(f"model.vocab_size={model_vocab} is smaller than the {name} "
+    if data_vocab is not None and data_vocab > model_cfg.vocab_size:
+        raise ValueError(f"model.vocab_size={model_cfg.vocab_size} is smaller than the {name} "
                          f"vocabulary ({data_vocab}); set model.vocab_size >= {data_vocab}")
+
+
+def _check_batch(config: Config, mesh) -> None:
+    B, k = config.data.batch_size, config.optimizer.grad_accum
+    shards, pcount = _batch_shards(mesh), jax.process_count()
+    if B % shards or B % pcount:
+        axes = " x ".join(f"mesh.{a}={mesh.shape[a]}" for a in BATCH_AXES if a in mesh.shape)
+        raise ValueError(f"data.batch_size={B} must be divisible by the batch shards {axes} "
+                         f"= {shards} and the process count {pcount}")
+    if (B // shards) % k:
+        raise ValueError(f"optimizer.grad_accum={k} must divide the per-shard batch "
+                         f"{B // shards} (data.batch_size={B} / {shards} batch shards)")
 
 
 def _compare_with_saved(config: Config, path: pathlib.Path, has_checkpoint: bool) -> None:
@@ -300,11 +444,6 @@ def _num_params(tree: Any) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
-def _say(verbose: bool, msg: str) -> None:
-    if verbose and jax.process_index() == 0:
-        print(msg, file=sys.stderr, flush=True)
-
-
 def evaluate(eval_jit, params, rest, batches: list[dict[str, np.ndarray]], mesh) -> dict:
     """Masked token loss and accuracy over `batches`: {"eval/loss", "eval/accuracy"}."""
     totals = np.zeros(3)
@@ -314,6 +453,21 @@ def evaluate(eval_jit, params, rest, batches: list[dict[str, np.ndarray]], mesh)
     n = max(totals[1], 1.0)
     return {"eval/loss": float(totals[0] / n), "eval/accuracy": float(totals[2] / n),
             "eval/tokens": int(totals[1])}
+
+
+def _restore(checkpointer: Checkpointer, setup: _Setup, train_iter, workdir: pathlib.Path):
+    """(state, resumed_from step or None, checkpoint meta): the newest readable checkpoint with
+    the data iterator moved to it, or a fresh state."""
+    restored = checkpointer.restore_latest(setup.abstract_state)
+    if restored is None:
+        return setup.init_state(), None, {}
+    step, state, data_state, meta = restored
+    # orbax may hand back namedtuples as tuples: rebuild the exact tree structure
+    state = jax.tree.unflatten(jax.tree.structure(setup.abstract_state), jax.tree.leaves(state))
+    train_iter.set_state(data_state)
+    if jax.process_index() == 0:
+        truncate_metrics(workdir / "metrics.jsonl", step)
+    return state, step, meta
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,11 +481,12 @@ def run(config: Config, workdir: str | pathlib.Path | None = None, *, preset: st
 
     Args:
       config: a `research.train.Config`.
-      workdir: output folder; default `runs/<preset or "run">`.
+      workdir: output folder; default `runs/<preset or "run">`. The run holds it exclusively
+        (`research.train.workdir.hold_workdir`) until it returns.
       preset: the preset name, recorded in config.json.
       train_source, eval_source: random-access example sources to use instead of the ones
         `config.data` names (each `source[i]` -> {"tokens", "targets", "loss_mask"[,
-        "segment_ids"]}, arrays [L]).
+        "segment_ids"]}, arrays [T]).
       verbose: print where outputs go and a final line (process 0, stderr).
       _stop_after: tests only: leave the loop after this step as if the process were killed
         (no final evaluation or checkpoint beyond the periodic ones).
@@ -345,193 +500,132 @@ def run(config: Config, workdir: str | pathlib.Path | None = None, *, preset: st
 
     Raises:
       TrainingDiverged: the loss became NaN/inf (message: the step and the last good checkpoint).
+      WorkdirBusy: another live run holds `workdir` (message: the workdir and its pid).
       ValueError: a config that does not fit the devices or the data.
     """
     if not isinstance(config, Config):
         raise ValueError(f"config must be a research.train.Config, got {type(config).__name__}")  # noqa: TRY004
     t_start = time.time()
-    workdir = pathlib.Path(workdir if workdir is not None else f"runs/{preset or 'run'}")
-    workdir = workdir.absolute()
-    is_main = jax.process_index() == 0
-    pidx, pcount = jax.process_index(), jax.process_count()
-    workdir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = workdir / "checkpoints"
-    has_ckpt = ckpt_dir.exists() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
-    _compare_with_saved(config, workdir / "config.json", has_ckpt)
-    if is_main:
-        save_config(config, workdir / "config.json", preset)
-
-    # ---- data
     tc = config.train
-    data_seed = config.data.seed if config.data.seed is not None else tc.seed
-    if train_source is None or eval_source is None:
-        built_train, built_eval = build_sources(config.data, data_seed)
-        train_source = built_train if train_source is None else train_source
-        eval_source = built_eval if eval_source is None else eval_source
-    _check_vocab(config.model, train_source, "training data")
-    _check_vocab(config.model, eval_source, "evaluation data")
+    workdir = pathlib.Path(workdir if workdir is not None else f"runs/{preset or 'run'}").absolute()
+    with contextlib.ExitStack() as cleanup:
+        cleanup.enter_context(hold_workdir(workdir))
+        ckpt_dir = workdir / "checkpoints"
+        has_ckpt = ckpt_dir.exists() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
+        _compare_with_saved(config, workdir / "config.json", has_ckpt)
+        if jax.process_index() == 0:
+            save_config(config, workdir / "config.json", preset)
 
-    # ---- mesh, batch checks
-    mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
-    B = config.data.batch_size
-    n_dev = mesh.size
-    k = config.optimizer.grad_accum
-    if B % n_dev or B % pcount:
-        raise ValueError(f"data.batch_size={B} must be divisible by the mesh size "
-                         f"{mesh.shape['data']} x {mesh.shape['fsdp']} = {n_dev} and the process "
-                         f"count {pcount}")
-    if (B // n_dev) % k:
-        raise ValueError(f"optimizer.grad_accum={k} must divide the per-device batch "
-                         f"{B // n_dev} (data.batch_size={B} / {n_dev} devices)")
+        # ---- data: sources, then the per-process iterators
+        data_seed = config.data.seed if config.data.seed is not None else tc.seed
+        if train_source is None or eval_source is None:
+            built_train, built_eval = build_sources(config.data, data_seed)
+            train_source = built_train if train_source is None else train_source
+            eval_source = built_eval if eval_source is None else eval_source
+        _check_vocab(config.model, train_source, "training data")
+        _check_vocab(config.model, eval_source, "evaluation data")
+        mesh = build_mesh(config.mesh)
+        _check_batch(config, mesh)
+        pidx, pcount = jax.process_index(), jax.process_count()
+        B = config.data.batch_size
+        train_iter = iter(train_dataset(train_source, batch_size=B, seed=data_seed,
+                                        shuffle=config.data.shuffle, process_index=pidx,
+                                        process_count=pcount))
+        eval_data = eval_batches(eval_source, batch_size=B, num_batches=tc.eval_batches,
+                                 process_index=pidx, process_count=pcount)
 
-    train_ds = train_dataset(train_source, batch_size=B, seed=data_seed,
-                             shuffle=config.data.shuffle, process_index=pidx,
-                             process_count=pcount)
-    train_iter = iter(train_ds)
-    eval_data = eval_batches(eval_source, batch_size=B, num_batches=tc.eval_batches,
-                             process_index=pidx, process_count=pcount)
+        # ---- model, steps and state, all under the mesh (the layers read it)
+        cleanup.enter_context(jax.set_mesh(mesh))
+        setup = _setup(config, mesh)
+        train_step, eval_step = _make_steps(config, setup, eval_data[0])
+        checkpoints = Checkpointer(ckpt_dir, keep=config.checkpoint.keep,
+                                   async_save=config.checkpoint.async_save)
+        cleanup.callback(checkpoints.close)
+        state, resumed_from, meta = _restore(checkpoints, setup, train_iter, workdir)
+        start = int(resumed_from or 0)
+        if tc.stop_at_target and meta.get("reached_target"):
+            start = tc.steps  # stopped at the target before: nothing left to train
+        n_params = _num_params(state["params"])
 
-    # ---- model, optimizer, state
-    setup = _setup(config, mesh)
-    train_jit, eval_jit = _make_steps(config, setup, eval_data[0])
-    checkpointer = Checkpointer(ckpt_dir, keep=config.checkpoint.keep,
-                                async_save=config.checkpoint.async_save)
-    restored = checkpointer.restore_latest(setup.abstract_state)
-    resumed_from = None
-    restored_meta: dict = {}
-    if restored is not None:
-        resumed_from, state, data_state, restored_meta = restored
-        # orbax may hand back namedtuples as tuples: rebuild the exact tree structure
-        state = jax.tree.unflatten(jax.tree.structure(setup.abstract_state),
-                                   jax.tree.leaves(state))
-        train_iter.set_state(data_state)
-        if is_main:
-            truncate_metrics(workdir / "metrics.jsonl", resumed_from)
-    else:
-        state = setup.init_state()
-    start = int(resumed_from or 0)
-    if tc.stop_at_target and restored_meta.get("reached_target"):
-        start = tc.steps  # stopped at the target before: nothing left to train
-    n_params = _num_params(state["params"])
+        writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
+        cleanup.callback(writer.close)
+        progress = _Progress(config, start, verbose)
+        cleanup.callback(progress.close)
+        progress.say(
+            f"chunkwise train: {preset or 'config'} -> {workdir}\n"
+            f"  config      {workdir / 'config.json'}\n"
+            f"  metrics     {workdir / 'metrics.jsonl'}\n"
+            f"  tensorboard {workdir / 'tensorboard'}\n"
+            f"  checkpoints {ckpt_dir}\n"
+            f"  model {config.model.mixer}: {n_params:,} parameters; mesh "
+            + " ".join(f"{a}={n}" for a, n in mesh.shape.items())
+            + f" on {mesh.size} {jax.devices()[0].platform} device(s), {pcount} process(es)"
+            + (f"\n  resuming from step {start}" if resumed_from is not None else ""))
+        stop = _StopSignal()
+        stop.install()
+        cleanup.callback(stop.restore)
 
-    writer = MetricsWriter(workdir, enabled=is_main)
-    _say(verbose, f"chunkwise train: {preset or 'config'} -> {workdir}\n"
-                  f"  config      {workdir / 'config.json'}\n"
-                  f"  metrics     {workdir / 'metrics.jsonl'}\n"
-                  f"  tensorboard {workdir / 'tensorboard'}\n"
-                  f"  checkpoints {ckpt_dir}\n"
-                  f"  model {getattr(config.model, 'mixer', '?')}: {n_params:,} parameters; "
-                  f"mesh data={mesh.shape['data']} fsdp={mesh.shape['fsdp']} on {n_dev} "
-                  f"{jax.devices()[0].platform} device(s), {pcount} process(es)"
-                  + (f"\n  resuming from step {start}" if resumed_from is not None else ""))
-
-    stop = _StopFlag()
-    stop.install()
-    pbar = None
-    if tc.progress and is_main:
-        from tqdm.auto import tqdm
-        pbar = tqdm(total=tc.steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
-                    file=sys.stderr)
-
-    window: list[dict] = []
-    window_t0 = time.time()
-    window_tokens = 0
-    last_good_ckpt = checkpointer.latest_step()
-    final_loss = restored_meta.get("train/loss")
-    last_train: dict[str, float] = {}
-    last_eval: dict[str, float] = {}
-    interrupted = None
-    step = int(resumed_from or 0)
-    try:
+        window = _MetricWindow()
+        last_good = checkpoints.latest_step()
+        final_loss = meta.get("train/loss")
+        last_train: dict[str, float] = {}
+        last_eval: dict[str, float] = {}
+        interrupted = None
+        step = int(resumed_from or 0)
         for step in range(start + 1, tc.steps + 1):
-            local = next(train_iter)
-            window_tokens += int(np.prod(local["tokens"].shape)) * pcount
-            state, metrics = train_jit(state, setup.rest, global_batch(local, mesh))
-            window.append(metrics)
-            if pbar is not None:
-                pbar.update(1)
-            stop_now = stop.agreed()
-            is_eval = (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps
-            reached = False
-            if is_eval:
-                t_eval = time.time()
-                last_eval = evaluate(eval_jit, state["params"], setup.rest, eval_data, mesh)
-                window_t0 += time.time() - t_eval  # keep evaluation out of tokens/s
-                reached = bool(tc.stop_at_target
-                               and last_eval["eval/accuracy"] >= tc.target_accuracy)
-            is_ckpt = (step % config.checkpoint.every == 0 or step == tc.steps or stop_now
-                       or reached)
-            if step % tc.log_every == 0 or is_ckpt or is_eval:
-                host = jax.device_get(window)
-                losses = [float(m["loss"]) for m in host]
-                for i, v in enumerate(losses):
-                    if not math.isfinite(v):
-                        bad_step = step - len(losses) + 1 + i
-                        where = (f"{checkpointer.path(last_good_ckpt)} (step {last_good_ckpt})"
-                                 if last_good_ckpt is not None else "none (no checkpoint yet)")
-                        writer.write(bad_step, {"train/loss": v})
-                        raise TrainingDiverged(
-                            f"training loss became {v} at step {bad_step}; stopping. Last good "
-                            f"checkpoint: {where}. Lower optimizer.lr or raise "
-                            f"optimizer.warmup_steps, then rerun to resume from it.")
-                dt = max(time.time() - window_t0, 1e-9)
+            batch = next(train_iter)
+            state, metrics = train_step(state, setup.rest, global_batch(batch, mesh))
+            window.add(metrics, int(np.prod(batch["tokens"].shape)) * pcount)
+            progress.step()
+            stopping = stop.should_stop(step)
+
+            evaluated = reached = False
+            if _due(step, tc.eval_every, tc.steps):
+                t0 = time.time()
+                last_eval = evaluate(eval_step, state["params"], setup.rest, eval_data, mesh)
+                window.exclude(time.time() - t0)
+                evaluated = True
+                reached = tc.stop_at_target and last_eval["eval/accuracy"] >= tc.target_accuracy
+
+            save = stopping or reached or _due(step, config.checkpoint.every, tc.steps)
+            if save or evaluated or step % tc.log_every == 0:
+                losses, last_train = window.close()
+                _check_finite(losses, step, writer, checkpoints, last_good)
                 final_loss = losses[-1]
-                last_train = {
-                    "train/loss": float(np.mean(losses)),
-                    "train/accuracy": float(np.mean([float(m["accuracy"]) for m in host])),
-                    "train/grad_norm": float(host[-1]["grad_norm"]),
-                    "train/lr": float(host[-1]["lr"]),
-                    "perf/tokens_per_sec": window_tokens / dt,
-                    "perf/steps_per_sec": len(host) / dt,
-                }
-                if "aux_loss" in host[-1]:
-                    last_train["train/aux_loss"] = float(np.mean([float(m["aux_loss"]) for m in host]))
                 writer.write(step, last_train)
-                if pbar is not None:
-                    pbar.set_postfix(loss=f"{last_train['train/loss']:.4f}",
-                                     tok_s=f"{last_train['perf/tokens_per_sec']:.0f}",
-                                     refresh=False)
-                window, window_tokens, window_t0 = [], 0, time.time()
-            if is_eval:
+                progress.train(last_train)
+            if evaluated:
                 writer.write(step, last_eval)
-                if pbar is not None:
-                    pbar.set_postfix(loss=f"{last_train.get('train/loss', float('nan')):.4f}",
-                                     eval_acc=f"{last_eval['eval/accuracy']:.3f}", refresh=False)
-                elif verbose and is_main and step != tc.steps:
-                    _say(verbose, f"  step {step}: eval loss {last_eval['eval/loss']:.4f} "
-                                  f"accuracy {last_eval['eval/accuracy']:.4f}")
-            if is_ckpt:
-                checkpointer.save(step, state, train_iter.get_state(),
-                                  {"step": step, "train/loss": final_loss,
-                                   "reached_target": reached, "time": time.time()},
-                                  wait=stop_now)
-                last_good_ckpt = step
-                window_t0 = time.time()  # do not count the save in tokens/s
-            if stop_now:
+                progress.eval(step, last_eval, last=step == tc.steps)
+
+            if save:
+                t0 = time.time()
+                checkpoints.save(step, state, train_iter.get_state(),
+                                 {"step": step, "train/loss": final_loss,
+                                  "reached_target": bool(reached), "time": time.time()},
+                                 wait=stopping)
+                last_good = step
+                window.exclude(time.time() - t0)
+
+            if stopping:
                 interrupted = stop.signal_name or "remote"
                 break
             if reached:
-                _say(verbose, f"  step {step}: eval accuracy "
-                     f"{last_eval['eval/accuracy']:.4f} reached the target "
-                     f"{tc.target_accuracy}; stopping")
+                progress.say(f"  step {step}: eval accuracy {last_eval['eval/accuracy']:.4f} "
+                             f"reached the target {tc.target_accuracy}; stopping")
                 break
             if _stop_after is not None and step >= _stop_after:
                 break
+
         if not last_eval and interrupted is None and _stop_after is None:
             # nothing left to train (a rerun of a finished run): evaluate the restored model
-            last_eval = evaluate(eval_jit, state["params"], setup.rest, eval_data, mesh)
+            last_eval = evaluate(eval_step, state["params"], setup.rest, eval_data, mesh)
         writer.flush()
-        checkpointer.wait()
-    finally:
-        stop.restore()
-        if pbar is not None:
-            pbar.close()
-        writer.close()
-        checkpointer.close()
+        checkpoints.wait()
 
     if interrupted:
-        _say(verbose, f"stopped by {interrupted} at step {step}; checkpoint saved at "
-                      f"{checkpointer.path(step)}. Rerun the same command to resume.")
+        progress.say(f"stopped by {interrupted} at step {step}; checkpoint saved at "
+                     f"{checkpoints.path(step)}. Rerun the same command to resume.")
     summary = {
         "workdir": str(workdir),
         "config": str(workdir / "config.json"),
@@ -553,7 +647,7 @@ def run(config: Config, workdir: str | pathlib.Path | None = None, *, preset: st
         "reached_target": (None if tc.target_accuracy is None or not last_eval
                            else bool(last_eval["eval/accuracy"] >= tc.target_accuracy)),
     }
-    if is_main:
+    if jax.process_index() == 0:
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -565,12 +659,12 @@ def run(config: Config, workdir: str | pathlib.Path | None = None, *, preset: st
 def restore_model(workdir: str | pathlib.Path, step: int | None = None):
     """(model, config, step): the `research.LanguageModel` of a run, with the parameters of
     checkpoint `step` (default: the newest readable one), on the default device."""
-    from research.train.config import load_config
     workdir = pathlib.Path(workdir)
     config = load_config(workdir / "config.json")
-    config = config.replace(mesh=dataclasses.replace(config.mesh, data=1, fsdp=1))
-    mesh = make_mesh(1, 1)
-    setup = _setup(config, mesh)
+    config = config.replace(mesh=MeshConfig(data=1, fsdp=1))
+    mesh = build_mesh(config.mesh)
+    with jax.set_mesh(mesh):
+        setup = _setup(config, mesh)
     ckpt = Checkpointer(workdir / "checkpoints", keep=max(config.checkpoint.keep, 1),
                         async_save=False)
     try:

@@ -1,4 +1,4 @@
-"""Config dataclasses, presets, `key=value` overrides and JSON round trips."""
+"""Config dataclasses, presets, `key=value` overrides (through OmegaConf) and JSON / YAML files."""
 
 import json
 
@@ -52,6 +52,10 @@ def test_unknown_key_lists_valid_keys():
         cfg.override("trainer.steps=3")
     with pytest.raises(ValueError, match="section.field=value"):
         cfg.override("train.steps")
+    with pytest.raises(ValueError, match=r"unknown config key 'train.stepz'; did you mean train.steps"):
+        cfg.override("train.stepz=3")
+    with pytest.raises(ValueError, match="'train' is a section; set one of its fields: train.steps"):
+        cfg.override("train=3")
 
 
 @pytest.mark.parametrize("override, message", [
@@ -66,6 +70,12 @@ def test_unknown_key_lists_valid_keys():
     ("data.source=web", "data.source must be one of"),
     ("model.mixer=transformer", "mixer"),
     ("train.compute_dtype=float16", "train.compute_dtype must be one of"),
+    ("train.progress=maybe", "train.progress must be true or false, got 'maybe'"),
+    ("train.target_accuracy=high", "train.target_accuracy must be a number or null"),
+    ("data.task_args=3", "data.task_args must be a mapping"),
+    ("mesh.sequence=0", "mesh.sequence must be >= 1, got 0"),
+    ("mesh.tensor=-2", "mesh.tensor must be >= 1, got -2"),
+    ("model.d_model=0", "ModelConfig.d_model"),
 ])
 def test_bad_values_name_the_allowed_range(override, message):
     with pytest.raises(ValueError, match=message):
@@ -90,7 +100,7 @@ def test_json_round_trip(tmp_path):
     assert back == cfg
     assert back.model.layer_pattern == ("deltanet", "attention")
     assert back.data.paths == ("a.txt", "b.txt")
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match="unknown config key 'train.bogus'"):
         rt.config_from_dict({**raw, "train": {**raw["train"], "bogus": 1}})
 
 
@@ -99,3 +109,47 @@ def test_valid_keys_cover_every_section():
     for key in ("model.mixer", "train.steps", "train.seed", "checkpoint.every", "mesh.data",
                 "mesh.fsdp", "optimizer.grad_accum", "data.batch_size"):
         assert key in keys
+
+
+def test_mesh_axes_default_to_one_and_override():
+    cfg = rt.get_preset("mqar-tiny")
+    assert (cfg.mesh.sequence, cfg.mesh.tensor) == (1, 1)
+    cfg = cfg.override("mesh.sequence=2", "mesh.tensor=4")
+    assert (cfg.mesh.sequence, cfg.mesh.tensor) == (2, 4)
+
+
+def test_library_syntax_and_the_older_spellings():
+    """OmegaConf's dot-list values ([a,b], null) and the older command line's (a,b, none, 1e3)."""
+    base = rt.get_preset("mqar-tiny")
+    for pattern in ("[deltanet,attention]", "deltanet,attention"):
+        assert base.override(f"model.layer_pattern={pattern}").model.layer_pattern == (
+            "deltanet", "attention")
+    for null in ("null", "none", "None"):
+        cfg = base.override("train.stop_at_target=false", f"train.target_accuracy={null}")
+        assert cfg.train.target_accuracy is None
+    assert base.override("model.decay=none").model.decay == "none"  # a string field keeps "none"
+    assert base.override("train.steps=1e3").train.steps == 1000
+    assert base.override("data.task_args={num_kv_pairs: 8}").data.task_args == {
+        "vocab_size": 256, "seq_len": 64, "num_kv_pairs": 8}
+
+
+def test_yaml_files_round_trip_and_partial_files_merge(tmp_path):
+    cfg = rt.get_preset("mqar-tiny").override("model.mixer=deltanet", "mesh.sequence=2")
+    rt.save_config(cfg, tmp_path / "c.yaml", preset="mqar-tiny")
+    assert "mixer: deltanet" in (tmp_path / "c.yaml").read_text()
+    assert rt.load_config(tmp_path / "c.yaml") == cfg
+    (tmp_path / "part.yaml").write_text("train:\n  steps: 77\nmodel:\n  d_model: 32\n")
+    part = rt.load_config(tmp_path / "part.yaml", base=rt.get_preset("mqar-tiny"))
+    assert part.train.steps == 77 and part.model.d_model == 32 and part.model.mixer == "gla"
+    (tmp_path / "bad.yaml").write_text("train:\n  stepz: 77\n")
+    with pytest.raises(ValueError, match="unknown config key 'train.stepz'"):
+        rt.load_config(tmp_path / "bad.yaml")
+    with pytest.raises(ValueError, match="does not exist"):
+        rt.load_config(tmp_path / "missing.yaml")
+
+
+def test_config_items_are_the_list_keys():
+    items = dict(rt.config_items(rt.get_preset("mqar-tiny")))
+    assert items["model.mixer"] == "gla" and items["mesh.tensor"] == 1
+    assert items["data.task_args"] == {"vocab_size": 256, "seq_len": 64, "num_kv_pairs": 4}
+    assert list(items) == rt.valid_keys(rt.get_preset("mqar-tiny"))
