@@ -12,6 +12,11 @@ Layout of WORKDIR:
 A run is finished when its result.json exists and records the same config; a run with
 checkpoints but no result is resumed by the trainer from its newest checkpoint; a run that fails
 (e.g. diverges) is reported in the table with its error and retried on the next invocation.
+
+A run folder is never trained twice at once: the sweep holds `runs/<name>` (its `.lock`, see
+`research.train.workdir`) while it trains and evaluates that run. A second sweep process over
+the same WORKDIR skips the runs another process holds (status "busy", naming that process's pid)
+and trains the others; rerun it once the first has finished to fill in the table.
 """
 
 from __future__ import annotations
@@ -27,32 +32,39 @@ import time
 import traceback
 from typing import Any
 
+from flax import nnx
+
+from research.config import ModelConfig
+from research.model import LanguageModel, count_params
 from research.sweep.results import write_results
 from research.sweep.spec import Run, Sweep
+from research.train.config import Config, config_to_dict
+from research.train.metrics import read_metrics
+from research.train.trainer import restore_model
+from research.train.trainer import run as train
+from research.train.workdir import WorkdirBusy, hold_workdir
+from research.validation import check_int
 
 
-def _config_dict(config) -> dict:
-    from research.train.config import config_to_dict
+def _config_dict(config: Config) -> dict:
     return config_to_dict(config)
 
 
-def _for_sweep(config):
+def _for_sweep(config: Config) -> Config:
     """The config a sweep trains: no per-run progress bar (the sweep prints one line per run)."""
     return config.replace(train=dataclasses.replace(config.train, progress=False))
 
 
-def model_stats(config) -> dict[str, int]:
+def model_stats(config: Config) -> dict[str, int]:
     """{"state_size": recurrent state floats per sequence at the task's length (attention counts
     its key/value cache), "num_params"} of `config.model`, from abstract shapes (no memory)."""
-    from flax import nnx
-
-    import research
+    model_cfg: ModelConfig = config.model
     seq_len = config.data.task_args.get("seq_len") if config.data.source == "task" else None
     if seq_len is None:
         seq_len = config.data.seq_len
-    abstract = nnx.eval_shape(lambda: research.LanguageModel(config.model, rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: LanguageModel(model_cfg, rngs=nnx.Rngs(0)))
     return {"state_size": int(abstract.state_size(seq_len)),
-            "num_params": int(research.count_params(config.model))}
+            "num_params": int(count_params(model_cfg))}
 
 
 def run_status(run: Run, run_dir: pathlib.Path) -> str:
@@ -78,10 +90,6 @@ def train_and_evaluate(run: Run, run_dir: str, eval_examples: int) -> dict[str, 
     eval/loss, eval/accuracy, wall_time_s), state_size, num_params, and with `eval_examples`
     the `evaluate_task` metrics of the trained model as "probe/<metric>".
     """
-    from research.train.metrics import read_metrics
-    from research.train.trainer import restore_model
-    from research.train.trainer import run as train
-
     run_dir = pathlib.Path(run_dir)
     config = _for_sweep(run.config)
     old_summary = {}
@@ -124,8 +132,16 @@ def train_and_evaluate(run: Run, run_dir: str, eval_examples: int) -> dict[str, 
 
 
 def _safe_train(run: Run, run_dir: str, eval_examples: int) -> dict[str, Any]:
+    """Hold the run's folder, then train and evaluate it; a run another process holds is
+    skipped ("busy"), one that another process finished meanwhile is read back."""
     try:
-        return train_and_evaluate(run, run_dir, eval_examples)
+        with hold_workdir(run_dir):
+            if run_status(run, pathlib.Path(run_dir)) == "done":
+                return _read_row(run, pathlib.Path(run_dir))
+            return train_and_evaluate(run, run_dir, eval_examples)
+    except WorkdirBusy as e:
+        print(f"[sweep] run {run.name} skipped: {e}", file=sys.stderr)
+        return {"name": run.name, **run.tags, "status": "busy", "error": str(e)}
     except Exception as e:  # noqa: BLE001  (a failed run is reported, the others go on)
         tb = traceback.format_exc(limit=3)
         print(f"[sweep] run {run.name} failed: {type(e).__name__}: {e}\n{tb}", file=sys.stderr)
@@ -160,8 +176,7 @@ def run_sweep(sweep: Sweep, workdir: str | pathlib.Path, jobs: int = 1,
       verbose: print one line per run.
       command: the command line recorded in results.md (how to regenerate it).
     """
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"jobs must be an int >= 1, got {jobs!r}")
+    check_int("jobs", jobs, 1)
     workdir = pathlib.Path(workdir).absolute()
     (workdir / "runs").mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict] = {}
