@@ -170,6 +170,11 @@ def run(op: str, q, k, v, gates: tuple, *, scale, initial_state, output_final_st
         chunk_size=chunk_size, impl=impl,
     )
     _check_divisible(sharding, B, T, H)
+    if sharding.sequence and op not in _GATED_LINEAR + _DELTA + ("gsa",):
+        raise ValueError(
+            f"OpSharding.sequence={sharding.sequence}: sequence parallelism is implemented for "
+            f"{_GATED_LINEAR + _DELTA + ('gsa',)}, not {op}; split B or H only"
+        )
     scale = float(K**-0.5 if scale is None else scale)
     with _backend.for_platform(sharding.platform):
         path = ops.resolve_impl(op, impl, q, k, v, gates, chunk_size, platform=sharding.platform)
@@ -179,7 +184,8 @@ def run(op: str, q, k, v, gates: tuple, *, scale, initial_state, output_final_st
         tok = lambda x: P(b, s, h, *([None] * (x.ndim - 3)))  # noqa: E731 - [B, T, H, ...]
         state_spec = P(b, h, None, None)
         args = {"q": q, "k": k, "v": v, "gates": tuple(gates)}
-        specs = {"q": tok(q), "k": tok(k), "v": tok(v), "gates": tuple(tok(x) for x in gates)}
+        specs = {"q": tok(q), "k": tok(k), "v": tok(v),
+                 "gates": tuple(_gate_spec(op, i, x, tok, h) for i, x in enumerate(gates))}
         if initial_state is not None:
             args["initial_state"] = initial_state
             specs["initial_state"] = jax.tree.map(lambda _: state_spec, initial_state)
@@ -216,8 +222,22 @@ def run(op: str, q, k, v, gates: tuple, *, scale, initial_state, output_final_st
         return fn(args)
 
 
+def _gate_spec(op: str, i: int, x, tok, h):
+    """A gate follows [B, T, H, ...]; a per-head gate ([H, ...], no time axis) follows H only."""
+    from pallas_kernels.spec import OP_SPECS
+
+    gate = OP_SPECS[op].gates[i] if op in OP_SPECS else None
+    if gate is not None and not getattr(gate, "timed", True):
+        return P(h, *([None] * (x.ndim - 1)))
+    return tok(x)
+
+
 def _state_like(op: str):
-    return (0, 0) if op == "gsa" else 0
+    """The pytree structure of `op`'s state: one array, or a tuple (gsa)."""
+    from pallas_kernels.spec import OP_SPECS
+
+    n = len(OP_SPECS[op].state) if op in OP_SPECS else (2 if op == "gsa" else 1)
+    return (0,) * n if n > 1 else 0
 
 
 def _fold(s0, transitions, summaries, apply):
