@@ -202,7 +202,27 @@ def test_only_filters_runs(tmp_path, capsys):
     assert code == 2 and "no run name" in err
 
 
-@pytest.mark.parametrize("name", ["state_size", "decay", "demo", "state_size_tiny", "decay_tiny"])
+def test_state_size_cpu_tiny_reports_seeds_honestly(tmp_path, capsys):
+    """Two seeds per point, and a report whose comparison of untrained models is "not
+    resolved" (never "holds") with the reason."""
+    sweeps = tmp_path / "sweeps"
+    sweeps.mkdir()
+    for name in ("state_size_cpu.py", "state_size_cpu_tiny.py"):
+        (sweeps / name).write_text((SWEEPS / name).read_text())
+    report = tmp_path / "EXP.md"
+    code, _, err = _run_cli([sweeps / "state_size_cpu_tiny.py", "--workdir", tmp_path / "w",
+                             "--report", report], capsys)
+    assert code == 0, err
+    rows = read_csv(tmp_path / "w" / "results.csv")
+    assert sorted((r["mixer"], r["seed"]) for r in rows) == [
+        (m, s) for m in ("gla", "retnet") for s in (0, 1)]
+    text = report.read_text()
+    assert "| not resolved | at chance:" in text and "| holds |" not in text
+    assert "on every seed" in text
+
+
+@pytest.mark.parametrize("name", ["state_size", "decay", "demo", "state_size_tiny", "decay_tiny",
+                                  "state_size_cpu", "state_size_cpu_tiny"])
 def test_every_shipped_sweep_builds_its_models(name, tmp_path):
     """Each sweep file loads and every run's model builds (abstractly) with a state size."""
     from research.sweep import describe
