@@ -250,13 +250,14 @@ def part_jla(args) -> None:
 
     from experiments import bench_kernels
     from pallas_kernels.benchmark import make_problem
+    from pallas_kernels.spec import OP_SPECS
 
     run, version = bench_kernels._jla_timer()
     _emit(kind="peer", tool="jla", version=version)
     shapes, slots = _shapes(args.dry_run)
     for (B, T, H, D) in shapes:
         for op in args.ops:
-            if op not in bench_kernels.JLA_OPS:
+            if OP_SPECS[op].jla is None:  # jla has no such op
                 continue
             rec = {"kind": "time", "tool": "jla", "op": op, "shape": f"{B},{T},{H},{D}"}
             try:
