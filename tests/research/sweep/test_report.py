@@ -149,3 +149,9 @@ def test_with_seeds_and_seed_means_in_figures(tmp_path):
                   figures=(Figure("f", x="state_size", y="eval/accuracy", group="mixer"),))
     (png,) = make_figures(sweep, tmp_path, rows)
     assert png.stat().st_size > 5000
+
+
+def test_recall_comparison_published_sentence():
+    rows = _rows({(512, "gsa"): [0.9, 0.92], (512, "gla"): [0.5, 0.55]})
+    text = recall_comparison(rows, ("gsa", "gla"), chance=CHANCE, published="GSA > GLA (paper).")
+    assert text.startswith("GSA > GLA (paper).") and "| 512 |" in text and "| holds |" in text
