@@ -37,10 +37,11 @@ class Block(nnx.Module):
 
     def __call__(self, x, *, segment_ids=None, cache=None, pos=None, prefix_length=None):
         kw = {"prefix_length": prefix_length} if getattr(self.mixer, "uses_prefix", False) else {}
+        x = common.shard_activations(x)  # under a mesh: B over data x fsdp, T over sequence
         h, cache = self.mixer(self.mixer_norm(x), segment_ids=segment_ids, cache=cache, pos=pos, **kw)
-        x = x + h
+        x = common.shard_activations(x + h)
         x = x + self.mlp(self.mlp_norm(x))
-        return x, cache
+        return common.shard_activations(x), cache
 
 
     def aux_loss(self, x, segment_ids=None):

@@ -311,6 +311,18 @@ def ambient_split(B: int, T: int, H: int | None = None, *, min_shard_len: int = 
     return MeshSplit(mesh, batch, sequence, tensor)
 
 
+def shard_activations(x):
+    """x [B, T, ...] constrained to B over the ambient mesh's batch axes and T over its sequence
+    axis (`ambient_split`); unchanged outside a mesh. Keeps XLA from replicating the batch of
+    the residual stream (and so the MLP's activations) over `fsdp` to save weight gathers."""
+    split = ambient_split(x.shape[0], x.shape[1])
+    if split is None:
+        return x
+    from jax.sharding import PartitionSpec as P
+    spec = P(split.batch or None, split.sequence, *([None] * (x.ndim - 2)))
+    return jax.lax.with_sharding_constraint(x, spec)
+
+
 def ambient_op_sharding(B: int, T: int, H: int):
     """The `pallas_kernels.OpSharding` for an op on q [B, T, H, K] under the ambient mesh
     (`ambient_split`), or None (no mesh, one device, inside a shard_map)."""

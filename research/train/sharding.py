@@ -230,13 +230,24 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def optimizer_shardings(optimizer, abstract_opt_state: Any, params_sharding: Any,
                         mesh: Mesh) -> Any:
     """Shardings of the optimizer state: every per-parameter leaf (Adam's mu and nu) follows its
-    parameter; everything else (step counts) is replicated."""
+    parameter; everything else (step counts) is replicated.
+
+    Executes nothing (optax initialises the optimizer on placeholders: that runs under
+    `jax.eval_shape`), so it also works on a mesh of abstract TPU devices (ahead-of-time
+    compilation) under `jax.set_mesh`."""
     import optax
     rep = replicated(mesh)
-    return optax.tree_map_params(
-        optimizer, lambda _, s: s, abstract_opt_state, params_sharding,
-        transform_non_params=lambda _: rep,
-        is_leaf=lambda x: isinstance(x, NamedSharding))
+    out = {}
+
+    def trace():
+        out["shardings"] = optax.tree_map_params(
+            optimizer, lambda _, s: s, abstract_opt_state, params_sharding,
+            transform_non_params=lambda _: rep,
+            is_leaf=lambda x: isinstance(x, NamedSharding))
+        return ()
+
+    jax.eval_shape(trace)
+    return out["shardings"]
 
 
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
