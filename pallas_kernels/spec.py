@@ -61,10 +61,13 @@ from collections.abc import Callable
 
 from pallas_kernels import reference, xla
 
-GATE_KINDS = {"bth": "[B, T, H]", "bthk": "[B, T, H, K]", "bthm": "[B, T, H, M]"}
+GATE_KINDS = {"bth": "[B, T, H]", "bthk": "[B, T, H, K]", "bthm": "[B, T, H, M]",
+              "bthv": "[B, T, H, V]", "hvk": "[H, V, K]"}  # hvk: per head, not per token
 # How the tests and benchmarks draw a gate: log-decays (<= 0), write strengths in (0, 1) (the delta
-# rule's beta) and slot write weights in (0, 1) (gsa's s).
-ROLES = ("log_decay", "strength", "weight")
+# rule's beta), slot write weights in (0, 1) (gsa's s), step sizes > 0 (selective_scan's dt, of
+# typical size `decay`), negative rates (selective_scan's A) and small inner learning rates
+# (ttt_linear's eta, at most 1/4).
+ROLES = ("log_decay", "strength", "weight", "step", "rate", "learning_rate")
 DIMS = ("K", "V", "M")
 
 
@@ -83,9 +86,15 @@ class Gate:
         if self.role not in ROLES:
             raise ValueError(f"gate {self.name}: role must be one of {ROLES}, got {self.role!r}")
 
-    def shape(self, B: int, T: int, H: int, K: int, M: int | None) -> tuple[int, ...]:
+    def shape(self, B: int, T: int, H: int, K: int, M: int | None, V: int | None = None) -> tuple[int, ...]:
         """The gate's shape for a problem of these sizes."""
-        return {"bth": (B, T, H), "bthk": (B, T, H, K), "bthm": (B, T, H, M)}[self.kind]
+        return {"bth": (B, T, H), "bthk": (B, T, H, K), "bthm": (B, T, H, M),
+                "bthv": (B, T, H, V), "hvk": (H, V, K)}[self.kind]
+
+    @property
+    def timed(self) -> bool:
+        """The gate has a time axis (axis 1), padded with the inputs."""
+        return self.kind.startswith("bt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,11 +106,15 @@ class Kernel:
       chunk_sizes: (smallest, largest) chunk size its own stages take, or None for the range of
         the shared stages (`chunking.supports`).
       dtypes: the dtypes q, k, v and the gates may have.
+      takes: "module:function" of a rule on the call's segments, chunk size and options,
+        `takes(segments, chunk_size, **options) -> str | None` (None: the kernel takes it), for a
+        kernel that covers only part of the op (ttt_linear); None: every call.
     """
 
     entry: str
     chunk_sizes: tuple[int, int] | None = None
     dtypes: tuple[str, ...] = ("float32", "bfloat16")
+    takes: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +132,8 @@ class OpSpec:
         condition).
       recurrence: the state update in one line, for documentation.
       fla, jla: "module:function" of the same op in flash-linear-attention and jla (benchmarks).
+      options: static keyword arguments of the op beyond the shared ones, with their defaults
+        (e.g. ttt_linear's mini_batch_size); every path takes them as keywords.
     """
 
     name: str
@@ -131,6 +146,7 @@ class OpSpec:
     recurrence: str = ""
     fla: str | None = None
     jla: str | None = None
+    options: tuple[tuple[str, object], ...] = ()
 
     def __post_init__(self):
         for dims in self.state:
@@ -188,6 +204,25 @@ OP_SPECS: dict[str, OpSpec] = {
               fla="fla.ops.gsa:chunk_gsa"),
     )
 }
+
+# Ops whose paths live in their own modules (not the gated-linear / delta families).
+from pallas_kernels import selective as _selective  # noqa: E402
+from pallas_kernels import ttt as _ttt  # noqa: E402
+
+OP_SPECS.update({
+    "selective_scan": OpSpec(
+        name="selective_scan",
+        gates=(Gate("dt", "bthv", "step"), Gate("A", "hvk", "rate")),
+        state=_KV, reference=_selective.reference, xla=_selective.xla, kernel=None,
+        recurrence="S_t[n, p] = exp(dt_t[p] A[p, n]) S_{t-1}[n, p] + k_t[n] dt_t[p] v_t[p]",
+        fla=None),
+    "ttt_linear": OpSpec(
+        name="ttt_linear", gates=(Gate("eta", "bth", "learning_rate"),), state=_KV,
+        reference=_ttt.reference, xla=_ttt.xla, unit_keys=True,
+        kernel=Kernel("pallas_kernels.pallas.ttt:ttt_linear", takes="pallas_kernels.pallas.ttt:takes"),
+        recurrence="W_t = W_{t-1} + eta_t k_t (v_t - W^(m)^T k_t)^T, W^(m) the mini-batch's start",
+        options=(("mini_batch_size", 16),)),
+})
 
 OPS: tuple[str, ...] = tuple(OP_SPECS)
 

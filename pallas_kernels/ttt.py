@@ -19,14 +19,24 @@ the final state is W after the last token, a trailing partial mini-batch applied
 multiple of b; `research.layers.ttt_linear` re-feeds a partial mini-batch to decode mid-batch.
 With b = 1 this is the delta rule with beta = eta.
 
-Chunked form (any chunk size C, independent of b; exact): per chunk, with Msk_ij = [j < i, same
-segment, j in an earlier mini-batch than i] (a strictly lower mask),
-    A = (I + tril(diag(eta) (K K^T) * Msk))^{-1},  U = A diag(eta) V,  Wc = A diag(eta * first) K
-    v_new = U - Wc S_{n-1};  S_n = carry S_{n-1} + (K * last)^T v_new        (shared state pass)
-    o = scale (q * first) S_{n-1} + (scale q K^T * causal * same) v_new
-i.e. the delta rule's WY form with the pairs inside one mini-batch masked out. When the chunk is
-one whole mini-batch (b = C, no segment starts inside), Msk = 0 and A = I: the state pass with the
-correction w = diag(eta) K and nothing else.
+Chunked form (any chunk size C, independent of b; exact). A mini-batch may straddle chunk
+boundaries (b > C, or a segment starting inside a chunk), so the scan over chunks carries two
+states: S, the running W, and Wm, the starting W of the mini-batch open at the chunk boundary.
+Per chunk, with Msk_ij = [j < i, same segment, j in an earlier mini-batch than i] (strictly
+lower), first_i = [S_{n-1} reaches i], cont_i = [first_i, i's mini-batch opened before the chunk]:
+
+    A  = (I + tril(diag(eta) (K K^T) * Msk))^{-1}              (`xla.unit_lower_inverse`)
+    U  = A diag(eta) V,  W1 = A diag(eta (first - cont)) K,  W2 = A diag(eta cont) K
+    u  = U - W1 S_{n-1} - W2 Wm_{n-1}                        (u_i = eta_i (v_i - W^(m_i)^T k_i))
+    S_n  = carry S_{n-1} + (K * last)^T u
+    Wm_n = rf S_{n-1} + (K * pre)^T u   if a mini-batch starts in the chunk (at s*, the last
+           start; pre_j = [j < s*, same segment as s*], rf = [S_{n-1} reaches s*]), else Wm_{n-1}
+    o  = scale (q * first) S_{n-1} + (scale q K^T * causal * same) u
+
+i.e. the delta rule's WY form with the pairs inside one mini-batch masked out (b = 1 is the delta
+rule). When every chunk is whole mini-batches (C a multiple of b, no segment starts off the grid)
+W2 = 0 and Wm drops out: the shared state pass with the correction w = W1; with C = b also
+A = I.
 """
 
 from __future__ import annotations

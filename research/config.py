@@ -31,7 +31,11 @@ MIXERS = (
     "lightnet",
     "mom",
     "jrt",
+    "mamba",
+    "s4d",
+    "ttt_linear",
 )
+S4D_INITS = ("lin", "inv")
 DECAYS = ("none", "fixed", "scalar", "vector")
 FEATURE_MAPS = ("identity", "elu", "relu", "silu", "swish", "softmax", "taylor")
 QK_NORMS = ("l2", "none")
@@ -58,6 +62,11 @@ MIXER_DEFAULTS: dict[str, dict[str, Any]] = {
     "lightnet": dict(expand_k=1.0, expand_v=1.0, feature_map="silu", use_output_gate=True),
     "mom": dict(expand_k=1.0, expand_v=1.0, feature_map="silu", use_output_gate=True),
     "jrt": dict(expand_k=1.0, expand_v=1.0, feature_map="elu", use_output_gate=False),
+    # mamba (Mamba-1): expand_v is Mamba's `expand` (d_inner = expand_v * d_model); K is d_state.
+    "mamba": dict(expand_k=1.0, expand_v=2.0, feature_map="identity", use_output_gate=True),
+    # s4d: E = expand_v * d_model channels; use_output_gate is the GLU of S4D's block.
+    "s4d": dict(expand_k=1.0, expand_v=1.0, feature_map="identity", use_output_gate=True),
+    "ttt_linear": dict(expand_k=1.0, expand_v=1.0, feature_map="identity", use_output_gate=True),
 }
 _KNOBS = ("expand_k", "expand_v", "feature_map", "use_output_gate", "decay", "gate_logit_normalizer")
 
@@ -88,6 +97,10 @@ class ModelConfig:
       num_slots: gsa's M.
       d_state: mamba2's N; dt_min/dt_max: its dt init range; a_init_min/a_init_max: its A init range.
       window_size: sliding_window_attention's window (current token included).
+      s4d_init: "lin" (S4D-Lin) or "inv" (S4D-Inv), the init of s4d's imaginary A parts; s4d and
+        mamba also use d_state (s4d: N/2 complex modes per channel) and dt_min/dt_max.
+      ttt_mini_batch, ttt_base_lr: ttt_linear's inner mini-batch b (tokens per gradient step)
+        and base inner learning rate (eta_t = ttt_base_lr * sigmoid(x w_eta + b_eta) / b).
       num_memories, memory_top_k, shared_memory: mom's M memories, the k each token is routed to,
         and the always-updated shared memory; router_aux_weight: the weight of its Switch-style
         load-balancing loss in the training loss.
@@ -131,6 +144,9 @@ class ModelConfig:
     a_init_min: float = 1.0
     a_init_max: float = 16.0
     window_size: int = 64
+    s4d_init: str = "lin"
+    ttt_mini_batch: int = 16
+    ttt_base_lr: float = 1.0
     num_memories: int = 4
     memory_top_k: int = 2
     shared_memory: bool = True
@@ -169,7 +185,7 @@ class ModelConfig:
                     self._fail("layer_pattern", f"entry {m!r} is not one of {MIXERS}")
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_multiple_of",
                      "gate_low_rank_dim", "num_slots", "d_state", "window_size", "chunk_size",
-                     "num_memories", "memory_top_k"):
+                     "num_memories", "memory_top_k", "ttt_mini_batch"):
             v = getattr(self, name)
             if not _is_int(v) or v < 1:
                 self._fail(name, "must be a positive int")
@@ -180,7 +196,7 @@ class ModelConfig:
         if self.d_ff is not None and (not _is_int(self.d_ff) or self.d_ff < 1):
             self._fail("d_ff", "must be a positive int or None")
         for name in ("mlp_ratio", "rope_theta", "norm_eps", "init_std", "dt_min", "dt_max",
-                     "a_init_min", "a_init_max"):
+                     "a_init_min", "a_init_max", "ttt_base_lr"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
                 self._fail(name, "must be a positive number")
@@ -196,6 +212,8 @@ class ModelConfig:
             self._fail("feature_map", f"must be one of {FEATURE_MAPS} or None")
         if self.decay is not None and self.decay not in DECAYS:
             self._fail("decay", f"must be one of {DECAYS} or None")
+        if self.s4d_init not in S4D_INITS:
+            self._fail("s4d_init", f"must be one of {S4D_INITS}")
         if self.qk_norm not in QK_NORMS:
             self._fail("qk_norm", f"must be one of {QK_NORMS}")
         if self.dtype not in DTYPES:
@@ -228,6 +246,8 @@ class ModelConfig:
                                 f"linear_attention has none); layers use {sorted(used)}")
         if self.gate_logit_normalizer is not None and not used & {"gla", "gsa"}:
             self._fail("gate_logit_normalizer", f"only gla and gsa use it; layers use {sorted(used)}")
+        if "s4d" in used and self.d_state % 2:
+            self._fail("d_state", "must be even for s4d (d_state / 2 complex modes per channel)")
         for mixer in sorted(used):
             self.head_dims(mixer)  # raises on widths that do not split over the heads
             if self.feature_map == "taylor" and (
@@ -260,7 +280,7 @@ class ModelConfig:
                 self._fail(field, f"d_model * {field} = {w} must be a positive multiple of "
                                   f"n_heads={self.n_heads} for mixer {mixer!r}")
             return int(round(w)) // self.n_heads
-        if mixer == "mamba2":
+        if mixer in ("mamba2", "mamba"):
             return self.d_state, width("expand_v")
         return width("expand_k"), width("expand_v")
 
@@ -288,6 +308,7 @@ def _tiny(mixer: str, **kw) -> ModelConfig:
 PRESETS: dict[str, ModelConfig] = {f"tiny-{m}": _tiny(m) for m in MIXERS}
 PRESETS.update({
     "tiny-hybrid": _tiny("deltanet", layer_pattern=("deltanet", "sliding_window_attention")),
+    "tiny-s4d": _tiny("s4d", conv_size=0),  # S4D has no short conv
     # GLA paper (Yang et al. 2023, Table 2): 340M and 1.3B, Llama tokenizer (32000), 24 layers,
     # 4 heads, expand_k 0.5, expand_v 1, SwiGLU MLP, no short conv, tied embeddings (FLA/flame).
     "gla-340m": ModelConfig(mixer="gla", vocab_size=32000, d_model=1024, n_layers=24, n_heads=4,

@@ -15,10 +15,13 @@ from research.layers.hgrn2 import HGRN2
 from research.layers.jrt import JRT
 from research.layers.lightnet import LightNet
 from research.layers.linear_attention import LinearAttention
+from research.layers.mamba import Mamba
 from research.layers.mamba2 import Mamba2
 from research.layers.mom import MoM
 from research.layers.retnet import RetNet
+from research.layers.s4d import S4D
 from research.layers.sliding_window_attention import SlidingWindowAttention
+from research.layers.ttt_linear import TTTLinear
 
 MIXER_CLASSES = {
     "linear_attention": LinearAttention,
@@ -34,6 +37,9 @@ MIXER_CLASSES = {
     "lightnet": LightNet,
     "mom": MoM,
     "jrt": JRT,
+    "mamba": Mamba,
+    "s4d": S4D,
+    "ttt_linear": TTTLinear,
 }
 
 __all__ = ["MIXER_CLASSES", *sorted(c.__name__ for c in MIXER_CLASSES.values())]

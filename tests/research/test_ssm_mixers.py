@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from test_layers import Conv, arr, lin, rel_rms, tiny_cfg
+from test_layers import Conv, arr, lin, rel_rms, rms, silu, softplus, tiny_cfg
 
 from research.layers import MIXER_CLASSES
 from research.layers.s4d import chunked_ssm, fft_conv, s4d_imag_init, ssm_kernel
@@ -51,23 +51,33 @@ def per_token(step, L, x, seg):
     return out
 
 
+def jitted(L):
+    """(forward(x, segment_ids), step(x, cache)) of layer L, jitted (one compile per shape)."""
+    graphdef, state = nnx.split(L)
+    fwd = jax.jit(lambda st, x, seg: nnx.merge(graphdef, st)(x, segment_ids=seg))
+    step = jax.jit(lambda st, x, cache: nnx.merge(graphdef, st)(x, cache=cache))
+    return (lambda x, seg=None: fwd(state, x, seg)), (lambda x, cache: step(state, x, cache))
+
+
 def check_layer(L, step, x, *, tol=1e-4):
     """Full pass (no segments) and packed pass (SEG) against the per-token recurrence."""
-    y, cache = L(x)
+    fwd, _ = jitted(L)
+    y, cache = fwd(x)
     assert cache is None and y.shape == x.shape and y.dtype == jnp.float32
     assert rel_rms(y, per_token(step, L, x, np.zeros((B, T)))) < tol
-    y_seg, _ = L(x, segment_ids=jnp.asarray(SEG))
+    y_seg, _ = fwd(x, jnp.asarray(SEG))
     assert rel_rms(y_seg, per_token(step, L, x, SEG)) < tol
 
 
 def check_decode(L, x, splits=((0, 7), (7, 8), (8, 13), (13, T))):
     """Prefill / decode through the layer's cache equals the full pass."""
+    fwd, step = jitted(L)
     cache = L.init_cache(B, T)
     outs = []
     for a, b in splits:
-        y, cache = L(x[:, a:b], cache=cache)
+        y, cache = step(x[:, a:b], cache)
         outs.append(y)
-    assert rel_rms(jnp.concatenate(outs, 1), L(x)[0]) < 1e-4
+    assert rel_rms(jnp.concatenate(outs, 1), fwd(x)[0]) < 1e-4
     return cache
 
 
@@ -92,7 +102,7 @@ def step_s4d(L, xt, st):
 
 
 S4D_VARIANTS = [dict(), dict(s4d_init="inv", conv_size=0, use_output_gate=False),
-                dict(d_state=16, expand_v=2.0, chunk_size=4)]
+                pytest.param(dict(d_state=16, expand_v=2.0, chunk_size=4), marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("kw", S4D_VARIANTS, ids=["lin-conv", "inv", "wide"])
@@ -134,3 +144,110 @@ def test_s4d_inits_and_state_size():
         tiny_cfg("s4d", d_state=7)
     with pytest.raises(ValueError, match="s4d_init"):
         tiny_cfg("s4d", s4d_init="legs")
+
+
+# ----------------------------------------------------------------------------- Mamba
+def step_mamba(L, xt, st):
+    E, N, R = L.d_inner, L.d_state, L.dt_rank
+    if "h" not in st:
+        st["h"], st["conv"] = np.zeros((N, E)), Conv(L.conv, E)
+    xz = lin(L.in_proj, xt)
+    x, z = (xz[:E], xz[E:]) if L.use_output_gate else (xz, None)
+    (x,) = st["conv"](x) if L.conv is not None else (silu(x),)
+    dbc = lin(L.x_proj, x)
+    dt = softplus(lin(L.dt_proj, dbc[:R]))  # [E]
+    bm, cm = dbc[R:R + N], dbc[R + N:]
+    A = -np.exp(arr(L.A_log))  # [E, N]
+    st["h"] = np.exp(dt[None, :] * A.T) * st["h"] + bm[:, None] * (dt * x)[None, :]
+    y = cm @ st["h"] + arr(L.D) * x
+    if L.use_output_gate:
+        y = y * silu(z)
+    return lin(L.out_proj, y)
+
+
+MAMBA_VARIANTS = [dict(), pytest.param(dict(conv_size=0, use_output_gate=False, n_heads=4),
+                                        marks=pytest.mark.slow),
+                  dict(d_state=4, expand_v=1.0, chunk_size=4, dt_min=0.1, dt_max=1.0)]
+
+
+@pytest.mark.parametrize("kw", MAMBA_VARIANTS, ids=["default", "no-conv-4-heads", "strong-decay"])
+def test_mamba_matches_per_token_recurrence(kw):
+    L = MIXER_CLASSES["mamba"](tiny_cfg("mamba", **kw), rngs=nnx.Rngs(5))
+    x = jax.random.normal(jax.random.key(3), (B, T, D))
+    check_layer(L, step_mamba, x)
+    check_decode(L, x)
+
+
+def test_mamba_reference_path_and_state_size():
+    x = jax.random.normal(jax.random.key(4), (B, T, D))
+    ys = [MIXER_CLASSES["mamba"](tiny_cfg("mamba", impl=impl), rngs=nnx.Rngs(0))(x)[0]
+          for impl in ("reference", "xla")]
+    assert rel_rms(ys[1], ys[0]) < 1e-5
+    L = MIXER_CLASSES["mamba"](tiny_cfg("mamba"), rngs=nnx.Rngs(0))
+    assert L.state_size() == 64 * 8  # E = 2 * d_model channels, d_state each
+    np.testing.assert_allclose(-np.exp(arr(L.A_log))[3], -np.arange(1, 9), rtol=1e-6)
+    dt = softplus(arr(L.dt_proj.bias))
+    assert dt.min() >= 0.001 * 0.999 and dt.max() <= 0.1 * 1.001
+
+
+# ----------------------------------------------------------------------------- TTT-Linear
+def l2n(x):
+    return x / np.sqrt(np.sum(x * x, -1, keepdims=True) + 1e-6)
+
+
+def step_ttt(L, xt, st):
+    cfg, H, K, V, b = L.cfg, L.n_heads, L.head_k, L.head_v, L.mini_batch
+    if "W" not in st:
+        st["W"], st["W0"], st["r"] = np.zeros((H, K, V)), np.zeros((H, K, V)), 0
+        st["conv"] = Conv(L.conv, H * (2 * K + V))
+    q, k, v = st["conv"](lin(L.q_proj, xt), lin(L.k_proj, xt), lin(L.v_proj, xt))
+    q, k, v = l2n(q.reshape(H, K)), l2n(k.reshape(H, K)), v.reshape(H, V)
+    eta = sigmoid(lin(L.eta_proj, xt)) * cfg.ttt_base_lr / b  # [H]
+    if st["r"] % b == 0:  # a mini-batch starts: its gradients are taken at this W
+        st["W0"] = st["W"].copy()
+    st["r"] += 1
+    err = v - np.einsum("hk,hkv->hv", k, st["W0"])
+    st["W"] = st["W"] + eta[:, None, None] * k[:, :, None] * err[:, None, :]
+    o = np.einsum("hkv,hk->hv", st["W"], q)
+    o = rms(o, L.o_norm, cfg.norm_eps).reshape(-1)
+    if L.use_output_gate:
+        o = o * silu(lin(L.g_proj, xt))
+    return lin(L.o_proj, o)
+
+
+TTT_VARIANTS = [dict(ttt_mini_batch=4), dict(ttt_mini_batch=16, ttt_base_lr=4.0),
+                dict(ttt_mini_batch=3, conv_size=0, use_output_gate=False, chunk_size=4),
+                dict(ttt_mini_batch=1, expand_v=2.0)]
+
+
+@pytest.mark.parametrize("kw", TTT_VARIANTS, ids=["b4", "b16-lr4", "b3-C4", "b1"])
+def test_ttt_linear_matches_per_token_recurrence(kw):
+    L = MIXER_CLASSES["ttt_linear"](tiny_cfg("ttt_linear", **kw), rngs=nnx.Rngs(6))
+    x = jax.random.normal(jax.random.key(5), (B, T, D))
+    check_layer(L, step_ttt, x)
+
+
+@pytest.mark.parametrize("b", [5, pytest.param(1, marks=pytest.mark.slow),
+                               pytest.param(16, marks=pytest.mark.slow)])
+def test_ttt_linear_decode_with_a_partial_mini_batch(b):
+    """Prefill and decode split anywhere inside a mini-batch equal the full pass; the cache then
+    holds the open mini-batch's starting W and its tokens so far (`fill` of them)."""
+    L = MIXER_CLASSES["ttt_linear"](tiny_cfg("ttt_linear", ttt_mini_batch=b, ttt_base_lr=2.0),
+                                    rngs=nnx.Rngs(7))
+    x = jax.random.normal(jax.random.key(6), (B, T, D))
+    cache = check_decode(L, x, splits=((0, 3), (3, 4), (4, 11), (11, T)))
+    assert int(cache["fill"]) == T % b
+    assert cache["k"].shape == (B, b - 1, 2, 16)
+    # the cached W is the full pass's W at the last mini-batch start
+    start = T - T % b
+    q, k, v, eta, _ = L.inputs(x)
+    import pallas_kernels
+    _, W = pallas_kernels.ttt_linear(q[:, :start], k[:, :start], v[:, :start], eta[:, :start],
+                                     mini_batch_size=b, output_final_state=True, scale=1.0)
+    if start:
+        assert rel_rms(cache["state"], W) < 1e-5
+
+
+def test_ttt_linear_state_size():
+    L = MIXER_CLASSES["ttt_linear"](tiny_cfg("ttt_linear", ttt_mini_batch=4), rngs=nnx.Rngs(0))
+    assert L.state_size() == 2 * (16 * 16 + 3 * (16 + 16 + 1))
