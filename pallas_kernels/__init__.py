@@ -1,5 +1,6 @@
 """chunkwise ops: linear-recurrent attention in [B, T, H, D] layout, with reference, chunked-XLA
-and Pallas paths. See `pallas_kernels.ops` for the notation and each op's recurrence."""
+and Pallas paths. See `pallas_kernels.ops` for the notation and each op's recurrence, and
+`pallas_kernels.spec` for the op table (`OP_SPECS`, `spec(name)`) and how to add an op."""
 
 from pallas_kernels.ops import (
     delta_rule,
@@ -10,10 +11,18 @@ from pallas_kernels.ops import (
     resolve_impl,
     simple_gla,
 )
-
-OPS = ("linear_attention", "simple_gla", "gla", "delta_rule", "gated_delta_rule", "gsa")
+from pallas_kernels.spec import OP_SPECS, OPS, OpSpec, spec
 
 __all__ = [
-    "OPS", "delta_rule", "gated_delta_rule", "gla", "gsa", "linear_attention", "resolve_impl",
+    "OPS",
+    "OP_SPECS",
+    "OpSpec",
+    "delta_rule",
+    "gated_delta_rule",
+    "gla",
+    "gsa",
+    "linear_attention",
+    "resolve_impl",
     "simple_gla",
+    "spec",
 ]

@@ -4,18 +4,9 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from pallas_kernels.spec import OP_SPECS
+
 IMPLS = ("auto", "reference", "xla", "pallas")
-
-# gate name -> kind of shape: "bth" ([B, T, H]) or "bthk" ([B, T, H, K]) or "bthm" ([B, T, H, M])
-OP_GATES: dict[str, tuple[tuple[str, str], ...]] = {
-    "linear_attention": (),
-    "simple_gla": (("g", "bth"),),
-    "gla": (("g", "bthk"),),
-    "delta_rule": (("beta", "bth"),),
-    "gated_delta_rule": (("g", "bth"), ("beta", "bth")),
-    "gsa": (("s", "bthm"), ("g", "bthm")),
-}
-
 
 def _shape(x) -> tuple[int, ...]:
     return tuple(getattr(x, "shape", ()))
@@ -40,7 +31,8 @@ def check_impl(impl) -> None:
 
 
 def validate(op: str, q, k, v, gates: tuple, *, scale, initial_state, segment_ids, chunk_size, impl):
-    """Checks the arguments of `op`; returns (B, T, H, K, V, M) with M = None except for gsa."""
+    """Checks the arguments of `op` against its `OpSpec`; returns (B, T, H, K, V, M), M = None
+    unless a gate has the slot dim."""
     check_impl(impl)
     check_chunk_size(chunk_size)
     for name, x in (("q", q), ("k", k), ("v", v)):
@@ -57,42 +49,38 @@ def validate(op: str, q, k, v, gates: tuple, *, scale, initial_state, segment_id
     V = v.shape[-1]
     if T == 0:
         raise ValueError(f"sequence length T must be >= 1, got q {q.shape}")
-    M = None
-    spec = OP_GATES[op]
-    if len(gates) != len(spec):
-        raise ValueError(f"{op} takes gates {[n for n, _ in spec]}, got {len(gates)} gate arrays")
-    for (name, kind), x in zip(spec, gates):
-        _check_float(name, x)
-        if kind == "bth":
-            want = (B, T, H)
-        elif kind == "bthk":
-            want = (B, T, H, K)
-        else:  # bthm: the slot count M comes from the first such gate
+    spec = OP_SPECS[op]
+    if len(gates) != len(spec.gates):
+        raise ValueError(f"{op} takes gates {list(spec.gate_names)}, got {len(gates)} gate arrays")
+    M = None  # the slot count comes from the first [B, T, H, M] gate
+    for gate, x in zip(spec.gates, gates):
+        _check_float(gate.name, x)
+        if gate.kind == "bthm" and M is None:
             if x.ndim != 4 or x.shape[:3] != (B, T, H):
-                raise ValueError(f"{name} must have shape [B, T, H, M] = [{B}, {T}, {H}, M], got {_shape(x)}")
-            M = x.shape[-1] if M is None else M
-            want = (B, T, H, M)
+                raise ValueError(
+                    f"{gate.name} must have shape [B, T, H, M] = [{B}, {T}, {H}, M], got {_shape(x)}")
+            M = x.shape[-1]
+        want = gate.shape(B, T, H, K, M)
         if x.shape != want:
-            raise ValueError(f"{name} must have shape {list(want)} for {op} with q {q.shape}, got {_shape(x)}")
+            raise ValueError(
+                f"{gate.name} must have shape {list(want)} for {op} with q {q.shape}, got {_shape(x)}")
     if scale is not None and not isinstance(scale, (int, float)):
         raise ValueError(f"scale must be a Python float or None, got {type(scale).__name__}")
     if initial_state is not None:
-        if op == "gsa":
-            want = ((B, H, K, M), (B, H, M, V))
-            ok = isinstance(initial_state, (tuple, list)) and len(initial_state) == 2
+        want = spec.state_shapes(B, H, K, V, M)
+        if len(want) > 1:
+            ok = isinstance(initial_state, (tuple, list)) and len(initial_state) == len(want)
             got = tuple(_shape(x) for x in initial_state) if ok else _shape(initial_state)
             if not ok or got != want:
-                raise ValueError(
-                    f"initial_state for gsa must be a tuple of shapes {list(want[0])} and {list(want[1])}, got {got}"
-                )
+                shapes = " and ".join(str(list(w)) for w in want)
+                raise ValueError(f"initial_state for {op} must be a tuple of shapes {shapes}, got {got}")
             for i, x in enumerate(initial_state):
                 _check_float(f"initial_state[{i}]", x)
         else:
-            want = (B, H, K, V)
-            if _shape(initial_state) != want:
-                raise ValueError(
-                    f"initial_state must have shape [B, H, K, V] = {list(want)}, got {_shape(initial_state)}"
-                )
+            dims = ", ".join(spec.state[0])
+            if _shape(initial_state) != want[0]:
+                raise ValueError(f"initial_state must have shape [B, H, {dims}] = {list(want[0])}, "
+                                 f"got {_shape(initial_state)}")
             _check_float("initial_state", initial_state)
     if segment_ids is not None:
         dtype = getattr(segment_ids, "dtype", None)

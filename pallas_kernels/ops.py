@@ -12,9 +12,10 @@ import functools
 
 import jax
 import jax.numpy as jnp
-
-from pallas_kernels import _validate, reference, xla
+from pallas_kernels import _validate
 from pallas_kernels import pallas as _pallas
+from pallas_kernels.chunking import Segments
+from pallas_kernels.spec import OP_SPECS
 
 _STATIC = ("scale", "output_final_state", "chunk_size", "impl")
 
@@ -23,15 +24,10 @@ def resolve_impl(op: str, impl: str, q, k, v, gates, chunk_size: int) -> str:
     """The path `impl` stands for on this platform: "auto" becomes "pallas" on TPU/GPU when a
     kernel supports the call, else "xla"."""
     _validate.check_impl(impl)
-    if impl == "pallas":
-        if _pallas.get(op) is None:
-            raise ValueError(f"no Pallas kernel for {op} yet; use impl='xla' or impl='reference'")
-        return "pallas"
     if impl != "auto":
         return impl
-    kernel = _pallas.get(op)
-    if jax.default_backend() in ("tpu", "gpu") and kernel is not None:
-        if kernel.supports(q, k, v, *gates, chunk_size=chunk_size) is None:
+    if jax.default_backend() in ("tpu", "gpu"):
+        if _pallas.get(op).supports(q, k, v, *gates, chunk_size=chunk_size) is None:
             return "pallas"
     return "xla"
 
@@ -45,38 +41,30 @@ def _pad_time(x, pad: int, value=0):
 
 
 def _run(op, q, k, v, gates, *, scale, initial_state, output_final_state, segment_ids, chunk_size, impl):
+    """The body of every public op: `op` (a key of `spec.OP_SPECS`) on local, unsharded arrays
+    (validation, `Segments.build`, time padding, the path's function). Returns (o in v's dtype,
+    float32 final state or None)."""
     _, T, _, K, _, _ = _validate.validate(
         op, q, k, v, gates, scale=scale, initial_state=initial_state, segment_ids=segment_ids,
         chunk_size=chunk_size, impl=impl,
     )
     scale = float(K**-0.5 if scale is None else scale)
     path = resolve_impl(op, impl, q, k, v, gates, chunk_size)
+    spec = OP_SPECS[op]
     if initial_state is not None:
         initial_state = jax.tree.map(lambda s: s.astype(jnp.float32), initial_state)
-    if segment_ids is not None:
-        # Resets happen where the id changes; numbering the segments 0, 1, 2, ... makes an id that
-        # comes back later (1, 2, 1) a new segment in every path's masks too.
-        change = (segment_ids[:, 1:] != segment_ids[:, :-1]).astype(jnp.int32)
-        segment_ids = jnp.concatenate(
-            [jnp.zeros_like(change[:, :1]), jnp.cumsum(change, axis=1)], axis=1
-        )
+    segments = Segments.build(segment_ids)  # the one encoding every path reads
     if path == "reference":
-        o, state = getattr(reference, op)(
-            q, k, v, *gates, scale=scale, initial_state=initial_state, segment_ids=segment_ids
-        )
+        o, state = spec.reference(q, k, v, *gates, scale=scale, initial_state=initial_state,
+                                  segments=segments)
     else:
         # Zero k, v and zero log-gates after T leave every state unchanged, so padding is exact.
         pad = -T % chunk_size
         padded = [_pad_time(x, pad) for x in (q, k, v, *gates)]
-        if segment_ids is not None and pad:
-            segment_ids = jnp.concatenate(
-                [segment_ids, jnp.repeat(segment_ids[:, -1:], pad, axis=1)], axis=1
-            )
-        fn = getattr(xla, op) if path == "xla" else _pallas.get(op).fn
-        o, state = fn(
-            *padded, scale=scale, initial_state=initial_state, segment_ids=segment_ids,
-            chunk_size=chunk_size, output_final_state=output_final_state,
-        )
+        segments = None if segments is None else segments.pad(pad)
+        fn = spec.xla if path == "xla" else _pallas.get(op).fn
+        o, state = fn(*padded, scale=scale, initial_state=initial_state, segments=segments,
+                      chunk_size=chunk_size)
         o = o[:, :T]
     o = o.astype(v.dtype)
     return o, (state if output_final_state else None)

@@ -1,7 +1,7 @@
 """Token-by-token references (the oracles): a `lax.scan` over time of each recurrence, in float32.
 
 Each function takes the validated, unpadded problem: q, k [B, T, H, K], v [B, T, H, V], gates as in
-the op table, `scale` a float, `initial_state` float32 or None, `segment_ids` int32 [B, T] or None,
+the op table, `scale` a float, `initial_state` float32 or None, `segments` a `chunking.Segments` or None,
 and returns (o float32 [B, T, H, V], final_state float32).
 """
 
@@ -13,12 +13,11 @@ import jax.numpy as jnp
 f32 = jnp.float32
 
 
-def _resets(segment_ids, B, T):
-    """bool [T, B]: the state is reset before position t (t > 0 where the id changes)."""
-    if segment_ids is None:
+def _resets(segments, B, T):
+    """bool [T, B]: the state is reset before position t."""
+    if segments is None:
         return jnp.zeros((T, B), bool)
-    change = segment_ids[:, 1:] != segment_ids[:, :-1]
-    return jnp.concatenate([jnp.zeros((B, 1), bool), change], axis=1).T
+    return segments.resets().T
 
 
 def _time_major(*xs):
@@ -43,7 +42,7 @@ def _zeros_state(q, v, initial_state):
     return jnp.zeros((B, H, K, v.shape[-1]), f32)
 
 
-def _gated(q, k, v, g, *, scale, initial_state, segment_ids, vector):
+def _gated(q, k, v, g, *, scale, initial_state, segments, vector):
     B, T = q.shape[:2]
     q, k, v, g = _time_major(q, k, v, g)
 
@@ -54,26 +53,26 @@ def _gated(q, k, v, g, *, scale, initial_state, segment_ids, vector):
         return S, jnp.einsum("bhk,bhkv->bhv", qt * scale, S)
 
     return _scan(step, _zeros_state(q.swapaxes(0, 1), v.swapaxes(0, 1), initial_state),
-                 (q, k, v, g), _resets(segment_ids, B, T))
+                 (q, k, v, g), _resets(segments, B, T))
 
 
-def linear_attention(q, k, v, *, scale, initial_state=None, segment_ids=None):
+def linear_attention(q, k, v, *, scale, initial_state=None, segments=None):
     g = jnp.zeros(q.shape[:3], f32)
-    return _gated(q, k, v, g, scale=scale, initial_state=initial_state, segment_ids=segment_ids,
+    return _gated(q, k, v, g, scale=scale, initial_state=initial_state, segments=segments,
                   vector=False)
 
 
-def simple_gla(q, k, v, g, *, scale, initial_state=None, segment_ids=None):
-    return _gated(q, k, v, g, scale=scale, initial_state=initial_state, segment_ids=segment_ids,
+def simple_gla(q, k, v, g, *, scale, initial_state=None, segments=None):
+    return _gated(q, k, v, g, scale=scale, initial_state=initial_state, segments=segments,
                   vector=False)
 
 
-def gla(q, k, v, g, *, scale, initial_state=None, segment_ids=None):
-    return _gated(q, k, v, g, scale=scale, initial_state=initial_state, segment_ids=segment_ids,
+def gla(q, k, v, g, *, scale, initial_state=None, segments=None):
+    return _gated(q, k, v, g, scale=scale, initial_state=initial_state, segments=segments,
                   vector=True)
 
 
-def gated_delta_rule(q, k, v, g, beta, *, scale, initial_state=None, segment_ids=None):
+def gated_delta_rule(q, k, v, g, beta, *, scale, initial_state=None, segments=None):
     B, T = q.shape[:2]
     state = _zeros_state(q, v, initial_state)
     q, k, v, g, beta = _time_major(q, k, v, g, beta)
@@ -85,16 +84,16 @@ def gated_delta_rule(q, k, v, g, beta, *, scale, initial_state=None, segment_ids
         S = S + (bt[..., None] * kt)[..., :, None] * err[..., None, :]
         return S, jnp.einsum("bhk,bhkv->bhv", qt * scale, S)
 
-    return _scan(step, state, (q, k, v, g, beta), _resets(segment_ids, B, T))
+    return _scan(step, state, (q, k, v, g, beta), _resets(segments, B, T))
 
 
-def delta_rule(q, k, v, beta, *, scale, initial_state=None, segment_ids=None):
+def delta_rule(q, k, v, beta, *, scale, initial_state=None, segments=None):
     g = jnp.zeros(q.shape[:3], f32)
     return gated_delta_rule(q, k, v, g, beta, scale=scale, initial_state=initial_state,
-                            segment_ids=segment_ids)
+                            segments=segments)
 
 
-def gsa(q, k, v, s, g, *, scale, initial_state=None, segment_ids=None):
+def gsa(q, k, v, s, g, *, scale, initial_state=None, segments=None):
     B, T, H, K = q.shape
     M, V = s.shape[-1], v.shape[-1]
     if initial_state is None:
@@ -111,4 +110,4 @@ def gsa(q, k, v, s, g, *, scale, initial_state=None, segment_ids=None):
         p = jax.nn.softmax(jnp.einsum("bhk,bhkm->bhm", qt * scale, A), axis=-1)
         return (A, Bm), jnp.einsum("bhm,bhmv->bhv", p, Bm)
 
-    return _scan(step, state, (q, k, v, s, g), _resets(segment_ids, B, T))
+    return _scan(step, state, (q, k, v, s, g), _resets(segments, B, T))

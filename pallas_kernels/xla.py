@@ -1,7 +1,8 @@
 """Chunked forms in plain JAX: the fast path on CPU and the fallback everywhere.
 
-The stages (DESIGN.md §3), shared by every family:
-  1. `_segment_masks` + chunk-local cumsum of log gates -> masked log-decays (`_LogDecays`);
+The stages (docs/design.md), shared by every family:
+  1. `chunking` (shared with the Pallas kernels): the chunk layout, the segment masks and the
+     chunk-local log-decays (`chunking.log_decays`);
   2. intra-chunk scores: `_intra_scalar`, `_intra_key` (per-key-channel gates) and `_intra_value`
      (per-value-channel gates), the latter two built over a hierarchy of sub-blocks so that no
      exp(+x) occurs;
@@ -18,10 +19,10 @@ exp(-inf) = 0 keeps both values and gradients finite.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
+
+from pallas_kernels.chunking import ChunkSegments, LogDecays, from_chunks, log_decays, to_chunks
 
 f32 = jnp.float32
 PREC = jax.lax.Precision.HIGHEST
@@ -33,82 +34,20 @@ def _einsum(spec, *xs):
 
 
 def chunk(x, C: int):
-    """[B, T, H, ...] -> [B, H, N, C, ...] (float32)."""
-    B, T, H = x.shape[:3]
-    x = x.astype(f32).reshape(B, T // C, C, H, *x.shape[3:])
-    return jnp.moveaxis(x, 3, 1)
-
-
-def unchunk(x):
-    """[B, H, N, C, ...] -> [B, T, H, ...]."""
-    B, H, N, C = x.shape[:4]
-    return jnp.moveaxis(x, 1, 3).reshape(B, N * C, H, *x.shape[4:])
-
-
-@dataclasses.dataclass(frozen=True)
-class _Masks:
-    """Segment masks, each with a broadcast head axis. None when there are no segment_ids."""
-
-    same: jax.Array  # [B, 1, N, C, C]  i and j in one segment
-    first: jax.Array  # [B, 1, N, C]  the previous chunk's state reaches i
-    last: jax.Array  # [B, 1, N, C]  j reaches the chunk's final state
-    carry: jax.Array  # [B, 1, N]  the previous chunk's state reaches the chunk's end
-
-
-def _segment_masks(segment_ids, C: int) -> _Masks | None:
-    if segment_ids is None:
-        return None
-    B, T = segment_ids.shape
-    s = segment_ids.reshape(B, T // C, C)
-    prev = jnp.concatenate([s[:, :1, 0], s[:, :-1, -1]], axis=1)  # id before each chunk
-    last = s[:, :, -1]
-    return _Masks(
-        same=(s[..., :, None] == s[..., None, :])[:, None],
-        first=(s == prev[..., None])[:, None],
-        last=(s == last[..., None])[:, None],
-        carry=(last == prev)[:, None],
-    )
-
-
-def _mask(x, m, extra_dims: int):
-    """where(m, x, -inf), broadcasting m over `extra_dims` trailing channel axes."""
-    if m is None:
-        return x
-    return jnp.where(m.reshape(m.shape + (1,) * extra_dims), x, NEG_INF)
-
-
-@dataclasses.dataclass(frozen=True)
-class _LogDecays:
-    """Masked log-decays of one gate (scalar: [B, H, N, C]; per channel: [B, H, N, C, D])."""
-
-    gc: jax.Array  # chunk-local cumsum (unmasked)
-    into: jax.Array  # chunk start -> i, -inf where a reset came first
-    to_end: jax.Array  # j -> chunk end, -inf where j does not reach the end
-    total: jax.Array  # chunk start -> chunk end, [B, H, N] (+ [D])
-
-
-def _log_decays(g, masks: _Masks | None) -> _LogDecays:
-    gc = jnp.cumsum(g, axis=3)
-    extra = g.ndim - 4
-    end = gc[:, :, :, -1]
-    return _LogDecays(
-        gc=gc,
-        into=_mask(gc, None if masks is None else masks.first, extra),
-        to_end=_mask(end[:, :, :, None] - gc, None if masks is None else masks.last, extra),
-        total=_mask(end, None if masks is None else masks.carry, extra),
-    )
+    """[B, T, H, ...] -> [B, H, N, C, ...] float32."""
+    return to_chunks(x, C).astype(f32)
 
 
 def _causal(C: int, strict: bool = False):
     return jnp.tril(jnp.ones((C, C), bool), -1 if strict else 0)
 
 
-def _pair_log_decay(gc, masks: _Masks | None, C: int):
+def _pair_log_decay(gc, segs: ChunkSegments | None, C: int):
     """Scalar gates: log decay from j to i, [B, H, N, C, C]; -inf above the diagonal and across
     segments."""
     keep = _causal(C)
-    if masks is not None:
-        keep = keep & masks.same
+    if segs is not None:
+        keep = keep & segs.same()
     return jnp.where(keep, gc[..., :, None] - gc[..., None, :], NEG_INF)
 
 
@@ -126,7 +65,7 @@ def _halves(x, nb: int, s: int):
     return x[..., 0, :, :], x[..., 1, :, :]
 
 
-def _intra_key(q, k, gc, masks: _Masks | None):
+def _intra_key(q, k, gc, segs: ChunkSegments | None):
     """Per-key-channel gates: A_ij = sum_d q_id k_jd exp(gc_id - gc_jd) for j <= i in one segment.
 
     q, k, gc: [B, H, N, C, D] -> A [B, H, N, C, C]. Built bottom-up over blocks of 1, 2, 4, ..., C
@@ -149,7 +88,7 @@ def _intra_key(q, k, gc, masks: _Masks | None):
         blocks = jnp.concatenate([top, bottom], axis=-2)  # [.., nb, 2s, 2s]
         s *= 2
     a = blocks.reshape(*lead, C, C)
-    return a if masks is None else jnp.where(masks.same, a, 0.0)
+    return a if segs is None else jnp.where(segs.same(), a, 0.0)
 
 
 def _intra_value(scores, v, gc):
@@ -202,69 +141,65 @@ def _init_state(initial_state, B, H, K, V):
     return jnp.zeros((B, H, K, V), f32) if initial_state is None else initial_state.astype(f32)
 
 
-def _gated(q, k, v, g, kind, *, scale, initial_state, segment_ids, chunk_size):
+def _gated(q, k, v, g, kind, *, scale, initial_state, segments, chunk_size):
     """Gated linear attention, chunked. kind: "none" | "scalar" ([B,T,H]) | "key" ([B,T,H,K])
     | "value" ([B,T,H,V]). Returns (o [B, T, H, V] float32, final state [B, H, K, V])."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     C = chunk_size
-    masks = _segment_masks(segment_ids, C)
+    segs = None if segments is None else segments.chunked(C)
     qc, kc, vc = chunk(q, C) * scale, chunk(k, C), chunk(v, C)
     S0 = _init_state(initial_state, B, H, K, V)
     if kind in ("none", "scalar"):
         gcn = chunk(g, C) if kind == "scalar" else jnp.zeros(qc.shape[:4], f32)
-        ld = _log_decays(gcn, masks)
-        scores = _einsum("...ik,...jk->...ij", qc, kc) * jnp.exp(_pair_log_decay(ld.gc, masks, C))
+        ld = log_decays(gcn, segs)
+        scores = _einsum("...ik,...jk->...ij", qc, kc) * jnp.exp(_pair_log_decay(ld.gc, segs, C))
         states, S_N, _ = state_pass(
             S0, jnp.exp(ld.total)[..., None, None], kc * jnp.exp(ld.to_end)[..., None], vc
         )
         o = _einsum("...ck,...kv->...cv", qc * jnp.exp(ld.into)[..., None], states)
     elif kind == "key":
-        ld = _log_decays(chunk(g, C), masks)
-        scores = _intra_key(qc, kc, ld.gc, masks)
+        ld = log_decays(chunk(g, C), segs)
+        scores = _intra_key(qc, kc, ld.gc, segs)
         states, S_N, _ = state_pass(
             S0, jnp.exp(ld.total)[..., :, None], kc * jnp.exp(ld.to_end), vc
         )
         o = _einsum("...ck,...kv->...cv", qc * jnp.exp(ld.into), states)
     elif kind == "value":
-        ld = _log_decays(chunk(g, C), masks)
-        keep = _causal(C) if masks is None else _causal(C) & masks.same
+        ld = log_decays(chunk(g, C), segs)
+        keep = _causal(C) if segs is None else _causal(C) & segs.same()
         raw = jnp.where(keep, _einsum("...ik,...jk->...ij", qc, kc), 0.0)
         states, S_N, _ = state_pass(
             S0, jnp.exp(ld.total)[..., None, :], kc, vc * jnp.exp(ld.to_end)
         )
         o = _einsum("...ck,...kv->...cv", qc, states) * jnp.exp(ld.into)
-        return unchunk(o + _intra_value(raw, vc, ld.gc)), S_N
+        return from_chunks(o + _intra_value(raw, vc, ld.gc)), S_N
     else:
         raise ValueError(f"unknown gate kind {kind!r}")
     o = o + _einsum("...ij,...jv->...iv", scores, vc)
-    return unchunk(o), S_N
+    return from_chunks(o), S_N
 
 
-def linear_attention(q, k, v, *, scale, initial_state=None, segment_ids=None, chunk_size=64,
-                     output_final_state=True):
+def linear_attention(q, k, v, *, scale, initial_state=None, segments=None, chunk_size=64):
     return _gated(q, k, v, None, "none", scale=scale, initial_state=initial_state,
-                  segment_ids=segment_ids, chunk_size=chunk_size)
+                  segments=segments, chunk_size=chunk_size)
 
 
-def simple_gla(q, k, v, g, *, scale, initial_state=None, segment_ids=None, chunk_size=64,
-               output_final_state=True):
+def simple_gla(q, k, v, g, *, scale, initial_state=None, segments=None, chunk_size=64):
     return _gated(q, k, v, g, "scalar", scale=scale, initial_state=initial_state,
-                  segment_ids=segment_ids, chunk_size=chunk_size)
+                  segments=segments, chunk_size=chunk_size)
 
 
-def gla(q, k, v, g, *, scale, initial_state=None, segment_ids=None, chunk_size=64,
-        output_final_state=True):
+def gla(q, k, v, g, *, scale, initial_state=None, segments=None, chunk_size=64):
     return _gated(q, k, v, g, "key", scale=scale, initial_state=initial_state,
-                  segment_ids=segment_ids, chunk_size=chunk_size)
+                  segments=segments, chunk_size=chunk_size)
 
 
-def gsa(q, k, v, s, g, *, scale, initial_state=None, segment_ids=None, chunk_size=64,
-        output_final_state=True):
+def gsa(q, k, v, s, g, *, scale, initial_state=None, segments=None, chunk_size=64):
     """Two GLA passes: slot logits with the gate on the value (slot) side, softmax over slots,
     then a key-side-gated pass that reads the slot values."""
     A0, B0 = (None, None) if initial_state is None else initial_state
-    common = dict(segment_ids=segment_ids, chunk_size=chunk_size)
+    common = dict(segments=segments, chunk_size=chunk_size)
     logits, A_N = _gated(q, k, s, g, "value", scale=scale, initial_state=A0, **common)
     p = jax.nn.softmax(logits, axis=-1)
     o, B_N = _gated(p, s, v, g, "key", scale=1.0, initial_state=B0, **common)
@@ -341,10 +276,10 @@ _unit_lower_inverse = jax.custom_vjp(_inverse_primal, nondiff_argnums=(1,))
 _unit_lower_inverse.defvjp(_inverse_fwd, _inverse_bwd)
 
 
-def _wy(kc, vc, bc, ld: _LogDecays, masks, C):
+def _wy(kc, vc, bc, ld: LogDecays, segs, C):
     """WY factors of one chunk: with T = I + tril(diag(beta) (Gamma * K K^T), -1),
     U = T^{-1} diag(beta) V and W = T^{-1} diag(beta * gamma) K."""
-    gam = jnp.exp(_pair_log_decay(ld.gc, masks, C))  # [.., C, C]
+    gam = jnp.exp(_pair_log_decay(ld.gc, segs, C))  # [.., C, C]
     lower = _einsum("...ik,...jk->...ij", kc, kc) * gam * bc[..., :, None]
     a = unit_lower_inverse(jnp.where(_causal(C, strict=True), lower, 0.0))
     u = _einsum("...ij,...jv->...iv", a, bc[..., None] * vc)
@@ -352,28 +287,26 @@ def _wy(kc, vc, bc, ld: _LogDecays, masks, C):
     return u, w, gam
 
 
-def gated_delta_rule(q, k, v, g, beta, *, scale, initial_state=None, segment_ids=None,
-                     chunk_size=64, output_final_state=True):
+def gated_delta_rule(q, k, v, g, beta, *, scale, initial_state=None, segments=None, chunk_size=64):
     """Chunked gated delta rule (DeltaNet / Gated DeltaNet papers): WY factors per chunk, then the
     shared state pass with v_new = U - W S_{n-1}, then o = (q gamma) S_{n-1} + (q k^T * Gamma) v_new."""
     B, T, H, K = q.shape
     C = chunk_size
-    masks = _segment_masks(segment_ids, C)
+    segs = None if segments is None else segments.chunked(C)
     qc, kc, vc = chunk(q, C) * scale, chunk(k, C), chunk(v, C)
     bc = chunk(beta, C)
-    ld = _log_decays(chunk(g, C), masks)
-    u, w, gam = _wy(kc, vc, bc, ld, masks, C)
+    ld = log_decays(chunk(g, C), segs)
+    u, w, gam = _wy(kc, vc, bc, ld, segs, C)
     S0 = _init_state(initial_state, B, H, K, v.shape[-1])
     states, S_N, v_new = state_pass(
         S0, jnp.exp(ld.total)[..., None, None], kc * jnp.exp(ld.to_end)[..., None], u, w
     )
     o = _einsum("...ck,...kv->...cv", qc * jnp.exp(ld.into)[..., None], states)
     o = o + _einsum("...ij,...jv->...iv", _einsum("...ik,...jk->...ij", qc, kc) * gam, v_new)
-    return unchunk(o), S_N
+    return from_chunks(o), S_N
 
 
-def delta_rule(q, k, v, beta, *, scale, initial_state=None, segment_ids=None, chunk_size=64,
-               output_final_state=True):
+def delta_rule(q, k, v, beta, *, scale, initial_state=None, segments=None, chunk_size=64):
     g = jnp.zeros(q.shape[:3], f32)
     return gated_delta_rule(q, k, v, g, beta, scale=scale, initial_state=initial_state,
-                            segment_ids=segment_ids, chunk_size=chunk_size)
+                            segments=segments, chunk_size=chunk_size)

@@ -1,4 +1,5 @@
-"""Test-wide settings: CPU, no preallocation, quiet logs."""
+"""Test-wide settings (CPU, no preallocation, quiet logs) and shared helpers: `rel_rms` (import it:
+`from conftest import rel_rms`) and the `pallas_flavour` fixture."""
 
 import os
 
@@ -7,5 +8,48 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Pallas interpret mode runs kernel bodies in host callbacks that dispatch jax ops themselves;
 # with asynchronous CPU dispatch these can wait on each other. Tests run synchronously.
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_cpu_enable_async_dispatch", False)
+
+
+def rel_rms(a, b) -> float:
+    """Relative RMS error ||a - b|| / ||b|| in float64 (0-safe)."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+@pytest.fixture
+def pallas_flavour(request, monkeypatch):
+    """Runs the test with the Pallas kernels built for flavour `request.param` ("tpu" or
+    "triton"; parametrize with `indirect=True`), traced afresh (caches cleared before and after,
+    so nothing traced for the other flavour is reused). The TPU flavour interprets two cores (the
+    "parallel" grid axes split between them, as on a megacore chip) with the race detector on,
+    and the test fails if the interpreter ran no kernel or any kernel raced. Yields the
+    `_backend.Backend`."""
+    from jax._src.pallas.mosaic.interpret import interpret_pallas_call as ipc
+    from jax.experimental.pallas import tpu as pltpu
+
+    from pallas_kernels.pallas import _backend
+
+    kind = request.param
+    detectors = []
+
+    class Recording(ipc.RaceDetectionState):  # the interpreter makes one per kernel run
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            detectors.append(self)
+
+    monkeypatch.setattr(ipc, "RaceDetectionState", Recording)
+    jax.clear_caches()
+    interpret = None
+    if kind == "tpu":
+        interpret = pltpu.InterpretParams(detect_races=True, num_cores_or_threads=2)
+    with _backend.use_backend(kind, interpret=interpret) as backend:
+        yield backend
+    jax.clear_caches()
+    if kind == "tpu":
+        assert detectors, "the TPU interpreter ran no kernel"
+        assert not any(d.races_found for d in detectors), "a kernel raced"

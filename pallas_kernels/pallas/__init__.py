@@ -1,55 +1,96 @@
-"""Pallas kernels behind `impl="pallas"`, registered per op.
+"""Pallas kernels behind `impl="pallas"`; which op has which kernel is in the op table.
 
-A kernel module registers itself with `register(op, fn, supports)`:
+`get(op)` gives the op's `Kernel`, read from `spec.OP_SPECS[op].kernel`:
 
-- `fn(q, k, v, *gates, scale, initial_state, segment_ids, chunk_size, output_final_state)`
-  gets the padded problem (T a multiple of chunk_size; `initial_state` and `segment_ids` may be
-  None) and returns `(o, final_state)` with `o` float32 or v's dtype [B, T, H, V] and `final_state`
-  float32 (a tuple for gsa; anything when `output_final_state` is False).
-- `supports(q, k, v, *gates, chunk_size) -> str | None`: None when the kernel handles the call on
-  the current backend, else the reason it does not (`impl="auto"` then falls back to xla).
+- `supports(q, k, v, *gates, chunk_size) -> str | None`: `chunking.supports`, the one rule for
+  every op (None when the kernels of the current flavour take the call, else the reason;
+  `impl="auto"` then falls back to xla, `impl="pallas"` raises it as a ValueError).
+- `fn(q, k, v, *gates, scale, initial_state, segments, chunk_size)`: the time-padded problem of
+  `ops._run`. It checks `supports`, pads the head dims K and V for the current flavour
+  (`chunking.padded_dim`: zero channels are exact), calls the op's entry (`Kernel.entry` of the
+  table, imported on first use: importing Pallas is slow) and slices the output [B, T, H, V]
+  (float32) and the final state back.
 
-Modules (DESIGN.md §3):
+Modules (docs/design.md):
 - `_backend`: which flavour the kernels are traced for ("tpu": Mosaic TPU, chunk axis "arbitrary",
   state in VMEM scratch; "triton": the GPU lowering, chunk loop inside the kernel) and how they run
   (compiled, or interpret mode on CPU). `use_backend("tpu" | "triton")` or the environment variable
-  `CHUNKWISE_PALLAS_BACKEND` picks it; see that module.
+  `CHUNKWISE_PALLAS_BACKEND` picks it; every stage reads it when traced (`_backend.current()`).
+- `_common`: what the kernels share: matmuls, the compute-dtype rule, compiler params and
+  `pallas_call` over named optional operands.
 - `chunk_state`: the shared inter-chunk state pass (stage 3) with its reverse pass; optional
   delta-rule correction `w`.
 - `chunk_output`: the shared intra-chunk scores + output stage (stages 2 and 4) and its backward,
   for a scalar gate, per-key-channel gates and per-value-channel gates.
 - `gla_family`: linear_attention, simple_gla, gla, gsa on those stages.
-- `delta`, `wy`: delta_rule, gated_delta_rule (WY stage, then the shared stages).
+- `wy`, `delta`: delta_rule, gated_delta_rule (the WY stage, then the shared stages).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import functools
+import importlib
+
+from pallas_kernels import chunking
+from pallas_kernels.spec import OP_SPECS, OpSpec
+
+
+@functools.cache
+def _entry(path: str):
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 @dataclasses.dataclass(frozen=True)
 class Kernel:
-    fn: Callable
-    supports: Callable[..., str | None]
+    """The Pallas path of one op (see the module docstring)."""
+
+    spec: OpSpec
+
+    def supports(self, q, k, v, *gates, chunk_size: int) -> str | None:
+        return chunking.supports(self.spec, q, k, v, *gates, chunk_size=chunk_size)
+
+    def fn(self, q, k, v, *gates, scale, initial_state, segments, chunk_size):
+        from pallas_kernels.pallas import _backend
+
+        spec = self.spec
+        reason = self.supports(q, k, v, *gates, chunk_size=chunk_size)
+        if reason is not None:
+            raise ValueError(f"impl='pallas' cannot run {spec.name} here: {reason}")
+        kind = _backend.current().kind
+        dims = {"K": q.shape[-1], "V": v.shape[-1]}
+        padded = {d: chunking.padded_dim(kind, n) for d, n in dims.items()}
+        to = lambda d: padded.get(d)  # noqa: E731  (None: a dim the entry pads itself, e.g. M)
+        q, k = (chunking.pad_dim(x, padded["K"]) for x in (q, k))
+        v = chunking.pad_dim(v, padded["V"])
+        gates = [chunking.pad_dim(x, padded["K"]) if g.kind == "bthk" else x
+                 for g, x in zip(spec.gates, gates)]
+        states = None if initial_state is None else _leaves(spec, initial_state)
+        if states is not None:
+            states = [_pad_state(s, to(a), to(b)) for s, (a, b) in zip(states, spec.state)]
+        o, final = _entry(spec.kernel.entry)(
+            q, k, v, *gates, scale=scale, chunk_size=chunk_size, segments=segments,
+            initial_state=None if states is None else _tree(spec, states))
+        final = [s[:, :, : dims.get(a, s.shape[2]), : dims.get(b, s.shape[3])]
+                 for s, (a, b) in zip(_leaves(spec, final), spec.state)]
+        return o[..., : dims["V"]], _tree(spec, final)
 
 
-_KERNELS: dict[str, Kernel] = {}
+def _leaves(spec: OpSpec, state) -> list:
+    return list(state) if len(spec.state) > 1 else [state]
 
 
-def register(op: str, fn: Callable, supports: Callable[..., str | None]) -> None:
-    _KERNELS[op] = Kernel(fn, supports)
+def _tree(spec: OpSpec, leaves):
+    return tuple(leaves) if len(spec.state) > 1 else leaves[0]
 
 
-def get(op: str) -> Kernel | None:
-    _load()
-    return _KERNELS.get(op)
+def _pad_state(s, rows: int | None, cols: int | None):
+    s = s if rows is None else chunking.pad_dim(s, rows, axis=2)
+    return s if cols is None else chunking.pad_dim(s, cols, axis=3)
 
 
-def _load() -> None:
-    """Imports the kernel modules (they register themselves). Kept lazy: importing Pallas is slow."""
-    # Kernel modules are added here as they land, e.g. `from pallas_kernels.pallas import gla`.
-    from pallas_kernels.pallas import (
-        delta,  # noqa: F401  (delta_rule, gated_delta_rule)
-        gla_family,  # noqa: F401  (linear_attention, simple_gla, gla, gsa)
-    )
+def get(op: str) -> Kernel:
+    """The Pallas path of `op` (a key of `spec.OP_SPECS`)."""
+    return Kernel(OP_SPECS[op])
+

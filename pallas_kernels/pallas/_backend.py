@@ -106,15 +106,3 @@ def current() -> Backend:
     if platform == "gpu":
         return Backend("triton", False)
     return Backend("triton", True)
-
-
-def compiler_params(backend: Backend, semantics: tuple[str, ...], *, num_warps: int = 4,
-                    num_stages: int = 2):
-    """`compiler_params` for `pl.pallas_call`: TPU dimension semantics or Triton warps/stages."""
-    if backend.kind == "tpu":
-        from jax.experimental.pallas import tpu as pltpu
-
-        return pltpu.CompilerParams(dimension_semantics=semantics)
-    from jax.experimental.pallas import triton as plt
-
-    return plt.CompilerParams(num_warps=num_warps, num_stages=num_stages)

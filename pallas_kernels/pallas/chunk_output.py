@@ -1,4 +1,4 @@
-"""Stages 2 + 4 of DESIGN.md §3: the intra-chunk decayed scores and the output, forward and backward.
+"""Stages 2 + 4 of docs/design.md: the intra-chunk decayed scores and the output, forward and backward.
 
 Notation: G = B * H, N chunks of C positions, K key dim, V value dim; arrays are chunk-major
 [G, N, C, D] ([B, H, T, D] reshaped). Per chunk n and position i (all positions local to the chunk):
@@ -47,15 +47,10 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from pallas_kernels.pallas import _backend
-from pallas_kernels.pallas.chunk_state import F32, _unpack, mm, mm_nt, mm_tn
+from pallas_kernels.pallas._common import F32, call, compute_dtype, mm, mm_nt, mm_tn
 
 MODES = ("scalar", "key", "value")
 SUB_CHUNK = 16  # secondary chunk of the per-channel gates
-
-
-def _cdt(*xs):
-    """Matmul operand dtype: bf16 when every data input is bf16, else f32."""
-    return xs[0].dtype if all(x.dtype == xs[0].dtype for x in xs) else F32
 
 
 def _f32(mask):
@@ -78,7 +73,7 @@ def _pair_mask(r, C, seg):
 
 def _scalar_fwd(r, C, decayed, seg):
     q, k, v = r["q"][...], r["k"][...], r["v"][...]
-    cdt = _cdt(q, k, v)
+    cdt = compute_dtype(q, k, v)
     h = r["h"][...].astype(cdt)
     keep = _pair_mask(r, C, seg)
     if decayed:
@@ -96,7 +91,7 @@ def _scalar_fwd(r, C, decayed, seg):
 
 def _scalar_bwd(r, C, decayed, seg):
     q, k, v = r["q"][...], r["k"][...], r["v"][...]
-    cdt = _cdt(q, k, v)
+    cdt = compute_dtype(q, k, v)
     h = r["h"][...].astype(cdt)
     dol = r["do"][...].astype(cdt)
     keep = _pair_mask(r, C, seg)
@@ -179,7 +174,7 @@ def _diag_masks(blk, j):
 
 def _channel_fwd(r, mode, C, c, seg, tpu):
     S = C // c
-    cdt = _cdt(r["q"], r["k"], r["v"])
+    cdt = compute_dtype(r["q"], r["k"], r["v"])
     h = r["h"][...].astype(cdt)
     blks = [_Blk(r, a, c, seg, tpu) for a in range(S)]
     # key side of every sub-chunk, relative to its own end (key mode: k; value mode: v)
@@ -220,7 +215,7 @@ def _channel_fwd(r, mode, C, c, seg, tpu):
 
 def _channel_bwd(r, mode, C, c, seg, tpu):
     S = C // c
-    cdt = _cdt(r["q"], r["k"], r["v"])
+    cdt = compute_dtype(r["q"], r["k"], r["v"])
     hf = r["h"][...]
     h = hf.astype(cdt)
     K, V = r["q"].shape[-1], r["v"].shape[-1]
@@ -316,45 +311,43 @@ def _channel_bwd(r, mode, C, c, seg, tpu):
     r["dh"][...] = dh
 
 
-def _fwd_kernel(*refs, flags, mode, decayed, seg, C, c, tpu):
-    r = _unpack(refs, flags)
+def _fwd_kernel(r, *, mode, decayed, seg, C, c, tpu):
     if mode == "scalar":
         _scalar_fwd(r, C, decayed, seg)
     else:
         _channel_fwd(r, mode, C, c, seg, tpu)
 
 
-def _bwd_kernel(*refs, flags, mode, decayed, seg, C, c, tpu):
-    r = _unpack(refs, flags)
+def _bwd_kernel(r, *, mode, decayed, seg, C, c, tpu):
     if mode == "scalar":
         _scalar_bwd(r, C, decayed, seg)
     else:
         _channel_bwd(r, mode, C, c, seg, tpu)
 
 
-def _operands(mode, q, k, v, h, b, segments, heads):
-    """(names+flags, arrays, block shapes, index kinds) of the operands common to fwd and bwd."""
+def _operands(mode, q, k, v, h, b, segments):
+    """The inputs common to fwd and bwd: name -> (array or None, block shape, index kind), index
+    kind "g" for [G, N, ...] arrays and "b" for the per-row [B, N, ...] segment arrays."""
     G, N, C, K = q.shape
     V = v.shape[-1]
-    decayed = b is not None
-    seg = segments is not None
-    items = [("q", q, (C, K), "g"), ("k", k, (C, K), "g"), ("v", v, (C, V), "g"),
-             ("h", h, (K, V), "g")]
-    if mode == "scalar":
-        if decayed:
-            items += [("bcol", b.reshape(G, N, C, 1), (C, 1), "g"),
-                      ("brow", b.reshape(G, N, 1, C), (1, C), "g")]
-    else:
-        items.append(("b", b, (C, b.shape[-1]), "g"))
-    if seg:
+    scalar = mode == "scalar"
+    bs = b is not None
+    items = {"q": (q, (C, K), "g"), "k": (k, (C, K), "g"), "v": (v, (C, V), "g"),
+             "h": (h, (K, V), "g"),
+             "bcol": (b.reshape(G, N, C, 1) if scalar and bs else None, (C, 1), "g"),
+             "brow": (b.reshape(G, N, 1, C) if scalar and bs else None, (1, C), "g"),
+             "b": (None if scalar else b, None if scalar else (C, b.shape[-1]), "g")}
+    rid = carry = None
+    if segments is not None:
         rid, carry = segments
         Bs = rid.shape[0]
         # reset counts travel as float32 (exact below 2**24): no integer vector ops in kernels
         rid = rid.astype(F32)
-        items += [("rcol", rid.reshape(Bs, N, C, 1), (C, 1), "b"),
-                  ("carry", carry.astype(F32).reshape(Bs, N, C, 1), (C, 1), "b")]
-        if mode == "scalar":
-            items.append(("rrow", rid.reshape(Bs, N, 1, C), (1, C), "b"))
+        carry = carry.astype(F32).reshape(Bs, N, C, 1)
+    items["rcol"] = (None if rid is None else rid.reshape(rid.shape[0], N, C, 1), (C, 1), "b")
+    items["carry"] = (carry, (C, 1), "b")
+    items["rrow"] = (rid.reshape(rid.shape[0], N, 1, C) if rid is not None and scalar else None,
+                     (1, C), "b")
     return items
 
 
@@ -366,57 +359,50 @@ def _spec(block, kind, heads):
     return pl.BlockSpec((None, None) + block, lambda g, n: (lax.div(g, heads), n, 0, 0))
 
 
-def _call(kernel, backend, items, outs, grid, name, **kw):
-    in_names = [nm for nm, *_ in items]
-    out_names = [nm for nm, *_ in outs]
-    all_names = ["q", "k", "v", "h", "bcol", "brow", "b", "rcol", "carry", "rrow", "do",
-                 "o", "dq", "dk", "dv", "dh", "db"]
-    # _unpack walks the flags in order: inputs first, then outputs.
-    flags = [(nm, nm in in_names) for nm in all_names[:11]] + \
-            [(nm, nm in out_names) for nm in all_names[11:]]
-    order = [nm for nm, p in flags if p]
-    assert order == in_names + out_names, (order, in_names, out_names)
-    heads = kw.pop("heads")
-    return pl.pallas_call(
-        functools.partial(kernel, flags=flags, **kw),
-        out_shape=[jax.ShapeDtypeStruct(shape, dt) for _, shape, dt, _ in outs],
-        grid=grid,
-        in_specs=[_spec(blk, kind, heads) for _, _, blk, kind in items],
-        out_specs=[_spec(blk, "g", heads) for _, _, _, blk in outs],
+def _call(kernel, backend, items, outs, heads, name, **kw):
+    """items: name -> (array or None, block, index kind); outs: name -> (shape, dtype, block) or
+    None. Returns the outputs by name."""
+    G, N = items["q"][0].shape[:2]
+    specs = {nm: _spec(blk, kind, heads) for nm, (x, blk, kind) in items.items() if x is not None}
+    specs.update({nm: _spec(o[2], "g", heads) for nm, o in outs.items() if o is not None})
+    return call(
+        functools.partial(kernel, **kw), backend=backend, grid=(G, N),
+        inputs={nm: x for nm, (x, _, _) in items.items()},
+        outputs={nm: None if o is None else jax.ShapeDtypeStruct(o[0], o[1])
+                 for nm, o in outs.items()},
+        in_specs=specs, out_specs=specs, semantics=("parallel", "parallel"),
         # Per-channel gates keep several sub-chunk accumulators live: more warps, fewer spills.
-        compiler_params=_backend.compiler_params(
-            backend, ("parallel", "parallel"), num_warps=4 if kw["mode"] == "scalar" else 8),
-        interpret=backend.interpret, name=name,
-    )(*[x for _, x, _, _ in items])
+        num_warps=4 if kw["mode"] == "scalar" else 8, name=name)
+
+
+def _static(backend, mode, q, b, segments):
+    C = q.shape[2]
+    return dict(mode=mode, decayed=b is not None, seg=segments is not None, C=C,
+                c=min(SUB_CHUNK, C), tpu=backend.kind == "tpu")
 
 
 def _fwd(backend, mode, heads, q, k, v, h, b, segments):
     G, N, C, K = q.shape
     V = v.shape[-1]
-    items = _operands(mode, q, k, v, h, b, segments, heads)
-    outs = [("o", (G, N, C, V), F32, (C, V))]
-    (o,) = _call(_fwd_kernel, backend, items, outs, (G, N), "chunk_output_fwd", mode=mode,
-                 decayed=b is not None, seg=segments is not None, C=C, c=min(SUB_CHUNK, C),
-                 tpu=backend.kind == "tpu", heads=heads)
-    return o
+    items = _operands(mode, q, k, v, h, b, segments)
+    outs = {"o": ((G, N, C, V), F32, (C, V))}
+    return _call(_fwd_kernel, backend, items, outs, heads, "chunk_output_fwd",
+                 **_static(backend, mode, q, b, segments))["o"]
 
 
 def _bwd(backend, mode, heads, q, k, v, h, b, segments, do):
     G, N, C, K = q.shape
     V = v.shape[-1]
-    items = _operands(mode, q, k, v, h, b, segments, heads)
-    items.append(("do", do.astype(F32), (C, V), "g"))
-    outs = [("dq", (G, N, C, K), q.dtype, (C, K)), ("dk", (G, N, C, K), k.dtype, (C, K)),
-            ("dv", (G, N, C, V), v.dtype, (C, V)), ("dh", (G, N, K, V), F32, (K, V))]
-    if b is not None:
-        bshape = (C, 1) if mode == "scalar" else (C, b.shape[-1])
-        outs.append(("db", (G, N) + bshape, F32, bshape))
-    res = _call(_bwd_kernel, backend, items, outs, (G, N), "chunk_output_bwd", mode=mode,
-                decayed=b is not None, seg=segments is not None, C=C, c=min(SUB_CHUNK, C),
-                tpu=backend.kind == "tpu", heads=heads)
-    dq, dk, dv, dh = res[:4]
-    db = None if b is None else res[4].reshape(b.shape)
-    return dq, dk, dv, dh, db
+    items = _operands(mode, q, k, v, h, b, segments)
+    items["do"] = (do.astype(F32), (C, V), "g")
+    bshape = (C, 1) if mode == "scalar" or b is None else (C, b.shape[-1])
+    outs = {"dq": ((G, N, C, K), q.dtype, (C, K)), "dk": ((G, N, C, K), k.dtype, (C, K)),
+            "dv": ((G, N, C, V), v.dtype, (C, V)), "dh": ((G, N, K, V), F32, (K, V)),
+            "db": None if b is None else ((G, N) + bshape, F32, bshape)}
+    res = _call(_bwd_kernel, backend, items, outs, heads, "chunk_output_bwd",
+                **_static(backend, mode, q, b, segments))
+    db = None if b is None else res["db"].reshape(b.shape)
+    return res["dq"], res["dk"], res["dv"], res["dh"], db
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))

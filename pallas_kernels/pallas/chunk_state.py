@@ -1,4 +1,4 @@
-"""Stage 3 of DESIGN.md §3: the inter-chunk state pass (the chunked scan), forward and backward.
+"""Stage 3 of docs/design.md: the inter-chunk state pass (the chunked scan), forward and backward.
 
 Notation: G = B * H (batch and heads flattened), N chunks of C positions, K key dim, V value dim.
 Every array is chunk-major: [G, N, C, D] is [B, H, T, D] reshaped (T = N * C).
@@ -49,40 +49,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from pallas_kernels.pallas import _backend
-
-F32 = jnp.float32
-
-
-# ----------------------------------------------------------------------------------------------
-# Matmul helpers shared by the kernels of this package (f32 accumulation; exact f32 for f32 data).
-
-def _prep(a, b):
-    if a.dtype != b.dtype:
-        a, b = a.astype(F32), b.astype(F32)
-    prec = lax.Precision.HIGHEST if a.dtype == F32 else None
-    return a, b, prec
-
-
-def mm(a, b):
-    """a [M, K] @ b [K, N] -> float32 [M, N]."""
-    a, b, prec = _prep(a, b)
-    return lax.dot_general(a, b, (((1,), (0,)), ((), ())), precision=prec,
-                           preferred_element_type=F32)
-
-
-def mm_nt(a, b):
-    """a [M, K] @ b[N, K]^T -> float32 [M, N]."""
-    a, b, prec = _prep(a, b)
-    return lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=prec,
-                           preferred_element_type=F32)
-
-
-def mm_tn(a, b):
-    """a[K, M]^T @ b [K, N] -> float32 [M, N]."""
-    a, b, prec = _prep(a, b)
-    return lax.dot_general(a, b, (((0,), (0,)), ((), ())), precision=prec,
-                           preferred_element_type=F32)
-
+from pallas_kernels.pallas._common import F32, call, mm, mm_nt, mm_tn
 
 # ----------------------------------------------------------------------------------------------
 # The per-chunk math, one copy shared by both flavours.
@@ -151,23 +118,13 @@ def _reverse_step(dS, dU, dk, dv, w, dstate):
 
 
 # ----------------------------------------------------------------------------------------------
-# Forward kernels.
+# Forward kernels. `r` maps operand names to refs (None for absent ones, see `_common.call`).
 
-def _unpack(refs, flags):
-    """Splits `refs` into a dict by the names in `flags` (name -> present)."""
-    out, i = {}, 0
-    for name, present in flags:
-        if present:
-            out[name] = refs[i]
-            i += 1
-        else:
-            out[name] = None
-    assert i == len(refs), (i, len(refs))
-    return out
+def _get(r, name, index=...):
+    return None if r[name] is None else r[name][index]
 
 
-def _fwd_kernel_tpu(*refs, flags, n_chunks):
-    r = _unpack(refs, flags)
+def _fwd_kernel_tpu(r, *, n_chunks):
     n = pl.program_id(1)
     S_ref = r["scratch"]
 
@@ -180,12 +137,7 @@ def _fwd_kernel_tpu(*refs, flags, n_chunks):
 
     S = S_ref[...]
     r["states"][...] = S
-    Sn, u = _step_fwd(
-        S, r["kd"][...], r["vd"][...],
-        None if r["dk"] is None else r["dk"][...],
-        None if r["dv"] is None else r["dv"][...],
-        None if r["w"] is None else r["w"][...],
-    )
+    Sn, u = _step_fwd(S, r["kd"][...], r["vd"][...], _get(r, "dk"), _get(r, "dv"), _get(r, "w"))
     if r["vnew"] is not None:
         r["vnew"][...] = u
     S_ref[...] = Sn
@@ -195,17 +147,16 @@ def _fwd_kernel_tpu(*refs, flags, n_chunks):
         r["hT"][...] = Sn
 
 
-def _fwd_kernel_triton(*refs, flags, n_chunks):
-    r = _unpack(refs, flags)
+def _fwd_kernel_triton(r, *, n_chunks):
     if r["h0"] is not None:
         S0 = r["h0"][...]
     else:
         S0 = jnp.zeros(r["hT"].shape, F32)
-    get = lambda nm, n: None if r[nm] is None else r[nm][n]  # noqa: E731
 
     def body(n, S):
         r["states"][n, :, :] = S
-        Sn, u = _step_fwd(S, r["kd"][n], r["vd"][n], get("dk", n), get("dv", n), get("w", n))
+        Sn, u = _step_fwd(S, r["kd"][n], r["vd"][n], _get(r, "dk", n), _get(r, "dv", n),
+                          _get(r, "w", n))
         if r["vnew"] is not None:
             r["vnew"][n, :, :] = u
         return Sn
@@ -213,41 +164,37 @@ def _fwd_kernel_triton(*refs, flags, n_chunks):
     r["hT"][...] = lax.fori_loop(0, n_chunks, body, S0)
 
 
+def _triton_tiles(K: int, V: int, has_w: bool) -> tuple[int, int]:
+    """State tiles of the Triton programs: without w the rows and columns of the state evolve
+    independently; the delta-rule correction w @ S needs all K rows, so then bk = K."""
+    return (K if has_w else min(K, 64)), min(V, 64)
+
+
 def _fwd_call(backend, kd, vd, decay_k, decay_v, h0, w):
     G, N, C, K = kd.shape
     V = vd.shape[-1]
-    dk = None if decay_k is None else decay_k.reshape(G, N, K, 1)
-    dv = None if decay_v is None else decay_v.reshape(G, N, 1, V)
     has_w = w is not None
-    out_shape = [jax.ShapeDtypeStruct((G, N, K, V), F32), jax.ShapeDtypeStruct((G, K, V), F32)]
-    if has_w:
-        out_shape.append(jax.ShapeDtypeStruct((G, N, C, V), F32))
-    inputs = [x for x in (kd, vd, dk, dv, h0, w) if x is not None]
-    names = [("kd", True), ("vd", True), ("dk", dk is not None), ("dv", dv is not None),
-             ("h0", h0 is not None), ("w", has_w)]
-    out_names = [("states", True), ("hT", True), ("vnew", has_w)]
+    inputs = {"kd": kd, "vd": vd,
+              "dk": None if decay_k is None else decay_k.reshape(G, N, K, 1),
+              "dv": None if decay_v is None else decay_v.reshape(G, N, 1, V), "h0": h0, "w": w}
+    outputs = {"states": jax.ShapeDtypeStruct((G, N, K, V), F32),
+               "hT": jax.ShapeDtypeStruct((G, K, V), F32),
+               "vnew": jax.ShapeDtypeStruct((G, N, C, V), F32) if has_w else None}
     if backend.kind == "tpu":
+        from jax.experimental.pallas import tpu as pltpu
+
         chunk = lambda d2, d3: pl.BlockSpec((None, None, d2, d3), lambda g, n: (g, n, 0, 0))
         whole = lambda d2, d3: pl.BlockSpec((None, d2, d3), lambda g, n: (g, 0, 0))
         specs = {"kd": chunk(C, K), "vd": chunk(C, V), "dk": chunk(K, 1), "dv": chunk(1, V),
-                 "h0": whole(K, V), "w": chunk(C, K)}
-        in_specs = [specs[nm] for nm, p in names if p]
-        out_specs = [chunk(K, V), whole(K, V)] + ([chunk(C, V)] if has_w else [])
-        kernel = functools.partial(_fwd_kernel_tpu, n_chunks=N,
-                                   flags=names + out_names + [("scratch", True)])
-        from jax.experimental.pallas import tpu as pltpu
-
-        outs = pl.pallas_call(
-            kernel, out_shape=out_shape, grid=(G, N), in_specs=in_specs, out_specs=out_specs,
-            scratch_shapes=[pltpu.VMEM((K, V), F32)],
-            compiler_params=_backend.compiler_params(backend, ("parallel", "arbitrary")),
-            interpret=backend.interpret, name="chunk_state_fwd",
-        )(*inputs)
+                 "h0": whole(K, V), "w": chunk(C, K), "states": chunk(K, V), "hT": whole(K, V),
+                 "vnew": chunk(C, V)}
+        outs = call(functools.partial(_fwd_kernel_tpu, n_chunks=N), backend=backend, grid=(G, N),
+                    inputs=inputs, outputs=outputs, in_specs=specs, out_specs=specs,
+                    scratch={"scratch": pltpu.VMEM((K, V), F32)},
+                    semantics=("parallel", "arbitrary"), name="chunk_state_fwd")
     else:
-        # Programs over (G, K tiles, V tiles): without w the rows and columns of the state evolve
-        # independently; the delta-rule correction w @ S needs all K rows, so then bk = K.
-        bk = K if has_w else min(K, 64)
-        bv = min(V, 64)
+        # Programs over (G, K tiles, V tiles), the chunk loop inside.
+        bk, bv = _triton_tiles(K, V, has_w)
         tile = lambda d2, d3, f: pl.BlockSpec((None, N, d2, d3), f)  # noqa: E731
         specs = {
             "kd": tile(C, bk, lambda g, i, j: (g, 0, 0, i)),
@@ -256,29 +203,20 @@ def _fwd_call(backend, kd, vd, decay_k, decay_v, h0, w):
             "dv": tile(1, bv, lambda g, i, j: (g, 0, 0, j)),
             "h0": pl.BlockSpec((None, bk, bv), lambda g, i, j: (g, i, j)),
             "w": tile(C, K, lambda g, i, j: (g, 0, 0, 0)),
+            "states": tile(bk, bv, lambda g, i, j: (g, 0, i, j)),
+            "hT": pl.BlockSpec((None, bk, bv), lambda g, i, j: (g, i, j)),
+            "vnew": tile(C, bv, lambda g, i, j: (g, 0, 0, j)),
         }
-        in_specs = [specs[nm] for nm, p in names if p]
-        out_specs = [tile(bk, bv, lambda g, i, j: (g, 0, i, j)),
-                     pl.BlockSpec((None, bk, bv), lambda g, i, j: (g, i, j))]
-        if has_w:
-            out_specs.append(tile(C, bv, lambda g, i, j: (g, 0, 0, j)))
-        kernel = functools.partial(_fwd_kernel_triton, n_chunks=N, flags=names + out_names)
-        outs = pl.pallas_call(
-            kernel, out_shape=out_shape, grid=(G, K // bk, V // bv), in_specs=in_specs,
-            out_specs=out_specs,
-            compiler_params=_backend.compiler_params(backend, ("parallel",) * 3),
-            interpret=backend.interpret, name="chunk_state_fwd",
-        )(*inputs)
-    states, hT = outs[0], outs[1]
-    vnew = outs[2] if has_w else None
-    return states, hT, vnew
+        outs = call(functools.partial(_fwd_kernel_triton, n_chunks=N), backend=backend,
+                    grid=(G, K // bk, V // bv), inputs=inputs, outputs=outputs, in_specs=specs,
+                    out_specs=specs, semantics=("parallel",) * 3, name="chunk_state_fwd")
+    return outs["states"], outs["hT"], outs["vnew"]
 
 
 # ----------------------------------------------------------------------------------------------
 # Backward kernels.
 
-def _bwd_kernel_tpu(*refs, flags, n_chunks):
-    r = _unpack(refs, flags)
+def _bwd_kernel_tpu(r, *, n_chunks):
     i = pl.program_id(1)            # step i handles chunk n = N - 1 - i
     dS_ref = r["scratch"]
 
@@ -286,12 +224,11 @@ def _bwd_kernel_tpu(*refs, flags, n_chunks):
     def _init():
         dS_ref[...] = r["dhT"][...]
 
-    get = lambda nm: None if r[nm] is None else r[nm][...]  # noqa: E731
     dS = dS_ref[...]
+    dk, dv, w = _get(r, "dk"), _get(r, "dv"), _get(r, "w")
     dkd, dU, ddk, ddv, dw = _chunk_grads(
-        dS, r["states"][...], r["kd"][...], r["vd"][...], get("dk"), get("dv"), get("w"),
-        get("dvnew"))
-    dSp = _reverse_step(dS, dU, get("dk"), get("dv"), get("w"), r["dstates"][...])
+        dS, r["states"][...], r["kd"][...], r["vd"][...], dk, dv, w, _get(r, "dvnew"))
+    dSp = _reverse_step(dS, dU, dk, dv, w, r["dstates"][...])
     r["dkd"][...] = dkd.astype(r["dkd"].dtype)
     r["dvd"][...] = dU.astype(r["dvd"].dtype)
     if ddk is not None:
@@ -307,34 +244,30 @@ def _bwd_kernel_tpu(*refs, flags, n_chunks):
         r["dh0"][...] = dSp
 
 
-def _bwd_reverse_kernel_triton(*refs, flags, n_chunks):
+def _bwd_reverse_kernel_triton(r, *, n_chunks):
     """The sequential part on Triton: dS_n for every chunk (and dh0), on a (K, V) tile."""
-    r = _unpack(refs, flags)
-    get = lambda nm, n: None if r[nm] is None else r[nm][n]  # noqa: E731
 
     def body(i, dS):
         n = n_chunks - 1 - i
         r["dH"][n, :, :] = dS
         dU = None
         if r["w"] is not None:
-            dU = _dU(dS, r["kd"][n], get("dvnew", n), lowp=False)
-        return _reverse_step(dS, dU, get("dk", n), get("dv", n), get("w", n), r["dstates"][n])
+            dU = _dU(dS, r["kd"][n], _get(r, "dvnew", n), lowp=False)
+        return _reverse_step(dS, dU, _get(r, "dk", n), _get(r, "dv", n), _get(r, "w", n),
+                             r["dstates"][n])
 
     r["dh0"][...] = lax.fori_loop(0, n_chunks, body, r["dhT"][...])
 
 
-def _bwd_grads_kernel_triton(*refs, flags, block_v):
+def _bwd_grads_kernel_triton(r, *, block_v):
     """The parallel part on Triton: one chunk's gradients from its dS_n, looping over V tiles."""
-    r = _unpack(refs, flags)
     V = r["vd"].shape[-1]
-    get = lambda nm, vs: None if r[nm] is None else r[nm][:, vs]  # noqa: E731
     dkd = ddk = dw = None
     for j in range(V // block_v):
         vs = pl.ds(j * block_v, block_v)
         dkd_j, dU, ddk_j, ddv, dw_j = _chunk_grads(
-            r["dH"][:, vs], r["states"][:, vs], r["kd"][...], r["vd"][:, vs],
-            None if r["dk"] is None else r["dk"][...], get("dv", vs),
-            None if r["w"] is None else r["w"][...], get("dvnew", vs))
+            r["dH"][:, vs], r["states"][:, vs], r["kd"][...], r["vd"][:, vs], _get(r, "dk"),
+            _get(r, "dv", (slice(None), vs)), _get(r, "w"), _get(r, "dvnew", (slice(None), vs)))
         dkd = dkd_j if dkd is None else dkd + dkd_j
         if ddk_j is not None:
             ddk = ddk_j if ddk is None else ddk + ddk_j
@@ -356,46 +289,32 @@ def _bwd_call(backend, kd, vd, decay_k, decay_v, w, states, dstates, dhT, dvnew)
     dk = None if decay_k is None else decay_k.reshape(G, N, K, 1)
     dv = None if decay_v is None else decay_v.reshape(G, N, 1, V)
     has_w = w is not None
-    names = [("kd", True), ("vd", True), ("dk", dk is not None), ("dv", dv is not None),
-             ("w", has_w), ("states", True), ("dstates", True), ("dhT", True),
-             ("dvnew", dvnew is not None)]
-    inputs = [x for x in (kd, vd, dk, dv, w, states, dstates, dhT, dvnew) if x is not None]
-    out_names = [("dkd", True), ("dvd", True), ("ddk", dk is not None), ("ddv", dv is not None),
-                 ("dw", has_w), ("dh0", True)]
-    shapes = {"dkd": ((G, N, C, K), kd.dtype), "dvd": ((G, N, C, V), vd.dtype),
-              "ddk": ((G, N, K, 1), F32), "ddv": ((G, N, 1, V), F32),
-              "dw": ((G, N, C, K), None if w is None else w.dtype), "dh0": ((G, K, V), F32)}
-    out_shape = [jax.ShapeDtypeStruct(*shapes[nm]) for nm, p in out_names if p]
+    arrays = {"kd": kd, "vd": vd, "dk": dk, "dv": dv, "w": w, "states": states,
+              "dstates": dstates, "dhT": dhT, "dvnew": dvnew}
+    sds = jax.ShapeDtypeStruct
+    grads = {"dkd": sds((G, N, C, K), kd.dtype), "dvd": sds((G, N, C, V), vd.dtype),
+             "ddk": None if dk is None else sds((G, N, K, 1), F32),
+             "ddv": None if dv is None else sds((G, N, 1, V), F32),
+             "dw": sds((G, N, C, K), w.dtype) if has_w else None}
     blocks = {"kd": (C, K), "vd": (C, V), "dk": (K, 1), "dv": (1, V), "w": (C, K),
-              "states": (K, V), "dstates": (K, V), "dvnew": (C, V),
+              "states": (K, V), "dstates": (K, V), "dvnew": (C, V), "dH": (K, V),
               "dkd": (C, K), "dvd": (C, V), "ddk": (K, 1), "ddv": (1, V), "dw": (C, K)}
     if backend.kind == "tpu":
+        from jax.experimental.pallas import tpu as pltpu
+
         def spec(nm):
             if nm in ("dhT", "dh0"):
                 return pl.BlockSpec((None, K, V), lambda g, i: (g, 0, 0))
             return pl.BlockSpec((None, None) + blocks[nm], lambda g, i: (g, N - 1 - i, 0, 0))
 
-        from jax.experimental.pallas import tpu as pltpu
-
-        outs = pl.pallas_call(
-            functools.partial(_bwd_kernel_tpu, n_chunks=N,
-                              flags=names + out_names + [("scratch", True)]),
-            out_shape=out_shape, grid=(G, N),
-            in_specs=[spec(nm) for nm, p in names if p],
-            out_specs=[spec(nm) for nm, p in out_names if p],
-            scratch_shapes=[pltpu.VMEM((K, V), F32)],
-            compiler_params=_backend.compiler_params(backend, ("parallel", "arbitrary")),
-            interpret=backend.interpret, name="chunk_state_bwd",
-        )(*inputs)
+        res = call(functools.partial(_bwd_kernel_tpu, n_chunks=N), backend=backend, grid=(G, N),
+                   inputs=arrays, outputs={**grads, "dh0": sds((G, K, V), F32)},
+                   in_specs=spec, out_specs=spec, scratch={"scratch": pltpu.VMEM((K, V), F32)},
+                   semantics=("parallel", "arbitrary"), name="chunk_state_bwd")
     else:
         # Triton: a sequential reverse pass over (K, V) tiles that only carries dS (elementwise
         # without w), then the per-chunk gradients in parallel over (G, N).
-        bk = K if has_w else min(K, 64)
-        bv = min(V, 64)
-        rev_in = [("kd", has_w), ("dk", dk is not None), ("dv", dv is not None), ("w", has_w),
-                  ("dstates", True), ("dhT", True), ("dvnew", dvnew is not None)]
-        rev_arrays = {"kd": kd, "dk": dk, "dv": dv, "w": w, "dstates": dstates, "dhT": dhT,
-                      "dvnew": dvnew}
+        bk, bv = _triton_tiles(K, V, has_w)
         tile = lambda d2, d3, f: pl.BlockSpec((None, N, d2, d3), f)  # noqa: E731
         rev_specs = {
             "kd": tile(C, K, lambda g, i, j: (g, 0, 0, 0)),
@@ -405,39 +324,23 @@ def _bwd_call(backend, kd, vd, decay_k, decay_v, w, states, dstates, dhT, dvnew)
             "dstates": tile(bk, bv, lambda g, i, j: (g, 0, i, j)),
             "dhT": pl.BlockSpec((None, bk, bv), lambda g, i, j: (g, i, j)),
             "dvnew": tile(C, bv, lambda g, i, j: (g, 0, 0, j)),
+            "dH": tile(bk, bv, lambda g, i, j: (g, 0, i, j)),
+            "dh0": pl.BlockSpec((None, bk, bv), lambda g, i, j: (g, i, j)),
         }
-        dH, dh0 = pl.pallas_call(
-            functools.partial(_bwd_reverse_kernel_triton, n_chunks=N,
-                              flags=rev_in + [("dH", True), ("dh0", True)]),
-            out_shape=[jax.ShapeDtypeStruct((G, N, K, V), F32), jax.ShapeDtypeStruct((G, K, V), F32)],
-            grid=(G, K // bk, V // bv),
-            in_specs=[rev_specs[nm] for nm, p in rev_in if p],
-            out_specs=[tile(bk, bv, lambda g, i, j: (g, 0, i, j)),
-                       pl.BlockSpec((None, bk, bv), lambda g, i, j: (g, i, j))],
-            compiler_params=_backend.compiler_params(backend, ("parallel",) * 3),
-            interpret=backend.interpret, name="chunk_state_bwd_reverse",
-        )(*[rev_arrays[nm] for nm, p in rev_in if p])
-        grad_in = [("kd", True), ("vd", True), ("dk", dk is not None), ("dv", dv is not None),
-                   ("w", has_w), ("states", True), ("dH", True), ("dvnew", dvnew is not None)]
-        grad_arrays = {"kd": kd, "vd": vd, "dk": dk, "dv": dv, "w": w, "states": states, "dH": dH,
-                       "dvnew": dvnew}
-        grad_out = [nm_p for nm_p in out_names if nm_p[0] != "dh0"]
-        blocks["dH"] = (K, V)
+        rev_in = {nm: arrays[nm] for nm in ("dk", "dv", "w", "dstates", "dhT", "dvnew")}
+        rev_in["kd"] = kd if has_w else None
+        rev = call(functools.partial(_bwd_reverse_kernel_triton, n_chunks=N), backend=backend,
+                   grid=(G, K // bk, V // bv), inputs=rev_in,
+                   outputs={"dH": sds((G, N, K, V), F32), "dh0": sds((G, K, V), F32)},
+                   in_specs=rev_specs, out_specs=rev_specs, semantics=("parallel",) * 3,
+                   name="chunk_state_bwd_reverse")
+        grad_in = {nm: arrays[nm] for nm in ("kd", "vd", "dk", "dv", "w", "states", "dvnew")}
+        grad_in["dH"] = rev["dH"]
         spec = lambda nm: pl.BlockSpec((None, None) + blocks[nm], lambda g, n: (g, n, 0, 0))  # noqa: E731
-        outs = pl.pallas_call(
-            functools.partial(_bwd_grads_kernel_triton, block_v=bv, flags=grad_in + grad_out),
-            out_shape=[jax.ShapeDtypeStruct(*shapes[nm]) for nm, p in grad_out if p],
-            grid=(G, N),
-            in_specs=[spec(nm) for nm, p in grad_in if p],
-            out_specs=[spec(nm) for nm, p in grad_out if p],
-            compiler_params=_backend.compiler_params(backend, ("parallel", "parallel"), num_warps=8),
-            interpret=backend.interpret, name="chunk_state_bwd_grads",
-        )(*[grad_arrays[nm] for nm, p in grad_in if p])
-        outs = list(outs) + [dh0]
-    outs = list(outs)
-    res = {}
-    for nm, p in out_names:
-        res[nm] = outs.pop(0) if p else None
+        res = call(functools.partial(_bwd_grads_kernel_triton, block_v=bv), backend=backend,
+                   grid=(G, N), inputs=grad_in, outputs=grads, in_specs=spec, out_specs=spec,
+                   semantics=("parallel", "parallel"), num_warps=8, name="chunk_state_bwd_grads")
+        res["dh0"] = rev["dh0"]
     ddk = None if res["ddk"] is None else res["ddk"].reshape(G, N, K)
     ddv = None if res["ddv"] is None else res["ddv"].reshape(G, N, V)
     return res["dkd"], res["dvd"], ddk, ddv, res["dh0"], res["dw"]

@@ -23,9 +23,10 @@ Y <- D^{-1} - (D^{-1} E) Y (nb - 1 matrix products, nb = C / 16), which is exact
 D^{-1} E is strictly block-lower. The solve is float32 at full precision; the other products
 take bf16/f16 operands when k and v are 16-bit (f32 accumulation), else full-precision f32.
 
-Backends (`_backend.Backend`, default `_backend.current()`): "tpu" (Mosaic, `pltpu.CompilerParams`)
-and "triton" (GPU). Both run the same kernel bodies with grid (B, H, N), one chunk per program; on
-CPU both run in interpret mode.
+The flavour is the ambient one (`_backend.current()` when the stage is traced): "tpu" (Mosaic)
+or "triton" (GPU). Both run the same kernel bodies with grid (B, H, N), one chunk per program; on
+CPU both run in interpret mode. `wy_factors` is the stage as a `jax.custom_vjp` (the delta-rule
+ops call it); `wy_fwd` / `wy_bwd` are its two halves, `wy_reference` the plain-JAX check.
 """
 
 from __future__ import annotations
@@ -38,23 +39,9 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from pallas_kernels.pallas import _backend
+from pallas_kernels.pallas._common import HIGHEST, compiler_params, compute_dtype, dot
 
 _SOLVE_BLOCK = 16
-_HI = lax.Precision.HIGHEST
-
-
-def resolve(backend: _backend.Backend | None) -> _backend.Backend:
-    """`backend`, or the flavour `_backend.current()` picks when it is None."""
-    return _backend.current() if backend is None else backend
-
-
-def params(backend: _backend.Backend, n_parallel: int, n_arbitrary: int = 0, num_warps: int = 4):
-    """Compiler params for a grid of `n_parallel` parallel axes then `n_arbitrary` sequential ones
-    (`num_warps` applies to Triton only)."""
-    return _backend.compiler_params(
-        backend, ("parallel",) * n_parallel + ("arbitrary",) * n_arbitrary, num_warps=num_warps,
-        num_stages=1,
-    )
 
 
 # ----------------------------------------------------------------------------- in-kernel helpers
@@ -74,24 +61,6 @@ def _col_to_row(x, eye):
 def _row_to_col(x, eye):
     """(1, C) -> (C, 1)."""
     return jnp.sum(jnp.where(eye, x, 0.0), axis=1, keepdims=True)
-
-
-def dot(a, b, trans_a=False, trans_b=False, cdt=jnp.float32):
-    """a @ b (optionally a^T, b^T) with operands in `cdt` and float32 accumulation; float32
-    operands run at full precision (no tf32 / single-pass bf16)."""
-    dims = (((0 if trans_a else 1,), (1 if trans_b else 0,)), ((), ()))
-    prec = _HI if cdt == jnp.float32 else None
-    return lax.dot_general(a.astype(cdt), b.astype(cdt), dims, precision=prec,
-                           preferred_element_type=jnp.float32)
-
-
-def compute_dtype(*dtypes):
-    """Matmul operand dtype of the kernels: the inputs' dtype when they all share one 16-bit
-    float type (bf16 / f16 tensor-core and MXU rate), else float32."""
-    first = jnp.dtype(dtypes[0])
-    if first.itemsize == 2 and all(jnp.dtype(d) == first for d in dtypes):
-        return first
-    return jnp.dtype(jnp.float32)
 
 
 def chunk_masks(gc, r):
@@ -266,21 +235,7 @@ def _check(k, v, beta, gc, r, chunk_size):
         raise ValueError(f"T = {T} must be a multiple of chunk_size = {chunk_size}")
 
 
-@functools.partial(jax.jit, static_argnames=("chunk_size", "backend"))
-def wy_fwd(k, v, beta, gc, r, *, chunk_size: int, backend: _backend.Backend | None = None):
-    """WY factors of every chunk.
-
-    Args:
-      k: [B, H, T, K]; v: [B, H, T, V]; beta: [B, H, T]; gc: [B, H, T] float32 chunk-local
-        cumulative log-gate (zeros for the ungated rule); r: [B, T] float32 chunk-local count of
-        segment resets at or before each position (zeros without segments).
-    Returns:
-      w [B, H, T, K], u [B, H, T, V] (in k's dtype when k and v share a 16-bit float dtype, else
-      float32) and a [B, H, T, C] in the same dtype (row i of a chunk's A; the solve itself is
-      float32, a is rounded only for storage).
-    """
-    _check(k, v, beta, gc, r, chunk_size)
-    backend = resolve(backend)
+def _fwd_call(backend, chunk_size, k, v, beta, gc, r):
     B, H, T, K = k.shape
     V = v.shape[-1]
     C = chunk_size
@@ -297,20 +252,14 @@ def wy_fwd(k, v, beta, gc, r, *, chunk_size: int, backend: _backend.Backend | No
         in_specs=_specs(C, (K, V, 1, 1, 1), (False, False, False, False, True)),
         out_specs=_specs(C, (K, V, C), (False, False, False)),
         out_shape=out_shape,
-        compiler_params=params(backend, 3, num_warps=_num_warps(C, K, V)),
+        compiler_params=compiler_params(backend, ("parallel",) * 3, num_stages=1,
+                                        num_warps=_num_warps(C, K, V)),
         interpret=backend.interpret,
         name="delta_wy_fwd",
     )(k, v, beta[..., None].astype(f32), gc[..., None].astype(f32), r[..., None].astype(f32))
 
 
-@functools.partial(jax.jit, static_argnames=("chunk_size", "backend"))
-def wy_bwd(k, v, beta, gc, r, a, dw, du, *, chunk_size: int, backend: _backend.Backend | None = None):
-    """Backward of `wy_fwd` given its `a` output and the cotangents dw [B, H, T, K], du [B, H, T, V].
-
-    Returns dk [B, H, T, K], dv [B, H, T, V], dbeta [B, H, T], dgc [B, H, T], all float32.
-    """
-    _check(k, v, beta, gc, r, chunk_size)
-    backend = resolve(backend)
+def _bwd_call(backend, chunk_size, k, v, beta, gc, r, a, dw, du):
     B, H, T, K = k.shape
     V = v.shape[-1]
     C = chunk_size
@@ -327,7 +276,8 @@ def wy_bwd(k, v, beta, gc, r, a, dw, du, *, chunk_size: int, backend: _backend.B
         in_specs=_specs(C, (K, V, 1, 1, 1, C, K, V), (False,) * 4 + (True,) + (False,) * 3),
         out_specs=_specs(C, (K, V, 1, 1), (False,) * 4),
         out_shape=out_shape,
-        compiler_params=params(backend, 3, num_warps=_num_warps(C, K, V)),
+        compiler_params=compiler_params(backend, ("parallel",) * 3, num_stages=1,
+                                        num_warps=_num_warps(C, K, V)),
         interpret=backend.interpret,
         name="delta_wy_bwd",
     )(k, v, beta[..., None].astype(f32), gc[..., None].astype(f32), r[..., None].astype(f32),
@@ -335,24 +285,60 @@ def wy_bwd(k, v, beta, gc, r, a, dw, du, *, chunk_size: int, backend: _backend.B
     return dk, dv, dbeta[..., 0], dgc[..., 0]
 
 
+def wy_fwd(k, v, beta, gc, r, *, chunk_size: int):
+    """WY factors of every chunk, with the ambient flavour.
+
+    Args:
+      k: [B, H, T, K]; v: [B, H, T, V]; beta: [B, H, T]; gc: [B, H, T] float32 chunk-local
+        cumulative log-gate (zeros for the ungated rule); r: [B, T] float32 chunk-local count of
+        segment resets at or before each position (zeros without segments).
+    Returns:
+      w [B, H, T, K], u [B, H, T, V] (in k's dtype when k and v share a 16-bit float dtype, else
+      float32) and a [B, H, T, C] in the same dtype (row i of a chunk's A; the solve itself is
+      float32, a is rounded only for storage).
+    """
+    _check(k, v, beta, gc, r, chunk_size)
+    return _fwd_call(_backend.current(), chunk_size, k, v, beta, gc, r)
+
+
+def wy_bwd(k, v, beta, gc, r, a, dw, du, *, chunk_size: int):
+    """Backward of `wy_fwd` given its `a` output and the cotangents dw [B, H, T, K], du [B, H, T, V].
+
+    Returns dk [B, H, T, K], dv [B, H, T, V], dbeta [B, H, T], dgc [B, H, T], all float32.
+    """
+    _check(k, v, beta, gc, r, chunk_size)
+    return _bwd_call(_backend.current(), chunk_size, k, v, beta, gc, r, a, dw, du)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _wy_factors(backend, chunk_size, k, v, beta, gc, r):
+    w, u, _ = _fwd_call(backend, chunk_size, k, v, beta, gc, r)
+    return w, u
+
+
+def _wy_factors_fwd(backend, chunk_size, k, v, beta, gc, r):
+    w, u, a = _fwd_call(backend, chunk_size, k, v, beta, gc, r)
+    return (w, u), (k, v, beta, gc, r, a)
+
+
+def _wy_factors_bwd(backend, chunk_size, res, cts):
+    k, v, beta, gc, r, a = res
+    dk, dv, dbeta, dgc = _bwd_call(backend, chunk_size, k, v, beta, gc, r, a, *cts)
+    return (dk.astype(k.dtype), dv.astype(v.dtype), dbeta.astype(beta.dtype),
+            dgc.astype(gc.dtype), jnp.zeros_like(r))
+
+
+_wy_factors.defvjp(_wy_factors_fwd, _wy_factors_bwd)
+
+
+def wy_factors(k, v, beta, gc, r, *, chunk_size: int):
+    """(W [B, H, T, K], U [B, H, T, V]) of `wy_fwd`, differentiable in k, v, beta and gc (the
+    backward is `wy_bwd`'s kernel); the flavour is the ambient one, read once here."""
+    _check(k, v, beta, gc, r, chunk_size)
+    return _wy_factors(_backend.current(), chunk_size, k, v, beta, gc, r)
+
+
 # ----------------------------------------------------------------------------- reference
-
-
-def chunk_cumsum(g, chunk_size: int):
-    """Plain JAX: [B, H, T] log-gates -> float32 cumulative sum restarting at every chunk."""
-    B, H, T = g.shape
-    gc = jnp.cumsum(g.astype(jnp.float32).reshape(B, H, T // chunk_size, chunk_size), axis=-1)
-    return gc.reshape(B, H, T)
-
-
-def segment_resets(segment_ids, chunk_size: int):
-    """[B, T] int -> [B, T] float32 chunk-local count of resets at or before each position."""
-    B, T = segment_ids.shape
-    reset = jnp.concatenate(
-        [jnp.zeros((B, 1), jnp.bool_), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1
-    )
-    r = jnp.cumsum(reset.astype(jnp.float32).reshape(B, T // chunk_size, chunk_size), axis=-1)
-    return r.reshape(B, T)
 
 
 def wy_reference(k, v, beta, gc, r, *, chunk_size: int):
@@ -373,11 +359,11 @@ def wy_reference(k, v, beta, gc, r, *, chunk_size: int):
     diff = gcc - jnp.swapaxes(gcc, -1, -2)
     gam = jnp.where(lower, jnp.exp(jnp.where(lower, diff, 0.0)), 0.0)
     gamma = jnp.where(rc == 0, jnp.exp(gcc), 0.0)
-    kk = jnp.einsum("...ik,...jk->...ij", kc, kc, precision=_HI)
+    kk = jnp.einsum("...ik,...jk->...ij", kc, kc, precision=HIGHEST)
     lmat = jnp.where(lower, bc * kk * gam, 0.0)
     m = jnp.eye(C, dtype=f32) + lmat
     eye = jnp.broadcast_to(jnp.eye(C, dtype=f32), m.shape)
     a = jax.scipy.linalg.solve_triangular(m, eye, lower=True, unit_diagonal=True)
-    w = jnp.einsum("...ij,...jk->...ik", a, bc * gamma * kc, precision=_HI)
-    u = jnp.einsum("...ij,...jk->...ik", a, bc * vc, precision=_HI)
+    w = jnp.einsum("...ij,...jk->...ik", a, bc * gamma * kc, precision=HIGHEST)
+    u = jnp.einsum("...ij,...jk->...ik", a, bc * vc, precision=HIGHEST)
     return w.reshape(B, H, T, K), u.reshape(B, H, T, V), a.reshape(B, H, T, C)

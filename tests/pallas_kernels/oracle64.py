@@ -1,8 +1,9 @@
-"""An independent float64 implementation of DESIGN.md §2's recurrences, for the tests.
+"""An independent float64 implementation of the ops' recurrences (docs/design.md), for the tests.
 
 `run(op, inputs, h0, segment_ids, scale)` returns (o, final_state) in float64; it must be called
-inside `jax.enable_x64(True)`. `make_inputs` builds fresh random problems; `compare` measures
-relative RMS errors of outputs, final states and every gradient against it.
+inside `jax.enable_x64(True)`. `make_inputs` builds fresh random problems from the op table
+(`pallas_kernels.OP_SPECS`: gate shapes and roles, state shapes); `compare` measures relative RMS
+errors of outputs, final states and every gradient against it.
 """
 
 from __future__ import annotations
@@ -10,23 +11,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 import pallas_kernels
-
-GATES = {
-    "linear_attention": (),
-    "simple_gla": ("g",),
-    "gla": ("g",),
-    "delta_rule": ("beta",),
-    "gated_delta_rule": ("g", "beta"),
-    "gsa": ("s", "g"),
-}
+from conftest import rel_rms
 
 
-def rel_rms(a, b) -> float:
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+def gate_names(op) -> tuple[str, ...]:
+    return pallas_kernels.spec(op).gate_names
 
 
 def _step(op, S, x, scale):
@@ -75,32 +65,29 @@ def run(op, inputs, h0, segment_ids, scale):
 
 def make_inputs(op, *, B=2, T=63, H=2, K=16, V=32, M=8, decay=1.0, seed=0, segments=True,
                 initial_state=True, key_norm="l2"):
-    """Fresh random float32 inputs; gates have log-decays of typical size `decay`."""
+    """Fresh random float32 inputs (q, k, v, *gates), initial state (or None) and segment ids (or
+    None), shaped by the op table; log-decay gates have typical size `decay`. Keys: L2-normalised
+    for the ops whose spec asks for unit keys (or of moderate norm with key_norm="raw"), scaled
+    by K ** -0.5 for ops without a decay."""
+    spec = pallas_kernels.spec(op)
     rng = np.random.default_rng(seed)
-    n = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    n = lambda *s: rng.standard_normal(s).astype(np.float32)
     q, k, v = n(B, T, H, K), n(B, T, H, K), n(B, T, H, V)
-    if op in ("delta_rule", "gated_delta_rule"):
+    if spec.unit_keys:
         if key_norm == "l2":
             k = k / np.linalg.norm(k, axis=-1, keepdims=True)
         else:  # un-normalised keys of moderate norm
             k = k * (0.7 / np.sqrt(K))
-    elif op == "linear_attention":
+    elif not any(g.role == "log_decay" for g in spec.gates):
         k = k / np.sqrt(K)
     gates = []
-    for name in GATES[op]:
-        if name == "g":
-            shape = {"simple_gla": (B, T, H), "gated_delta_rule": (B, T, H)}.get(
-                op, (B, T, H, M if op == "gsa" else K)
-            )
-            gates.append(-decay * np.abs(n(*shape)))
-        elif name == "beta":
-            gates.append(1.0 / (1.0 + np.exp(-2 * n(B, T, H))))
-        elif name == "s":
-            gates.append(1.0 / (1.0 + np.exp(-n(B, T, H, M))))
-    if op == "gsa":
-        h0 = (0.5 * n(B, H, K, M), 0.5 * n(B, H, M, V))
-    else:
-        h0 = 0.5 * n(B, H, K, V)
+    for gate in spec.gates:
+        x = n(*gate.shape(B, T, H, K, M))
+        gates.append({"log_decay": lambda x: -decay * np.abs(x),
+                      "strength": lambda x: 1.0 / (1.0 + np.exp(-2 * x)),
+                      "weight": lambda x: 1.0 / (1.0 + np.exp(-x))}[gate.role](x))
+    h0 = tuple(0.5 * n(*shape) for shape in spec.state_shapes(B, H, K, V, M))
+    h0 = h0 if len(h0) > 1 else h0[0]
     seg = None
     if segments:
         seg = np.sort(rng.integers(0, max(2, T // 16), (B, T)), axis=1).astype(np.int32)
@@ -134,7 +121,7 @@ def compare(op, inputs, h0, seg, *, impl, dtype=jnp.float32, chunk_size=16, scal
         cast, h0c, jnp.asarray(wo, jnp.float32), jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), ws))
     jax.block_until_ready(grads)
     got = {"o": o, "state": s}
-    got.update({f"d{n}": g for n, g in zip(("q", "k", "v", *GATES[op]), grads[0])})
+    got.update({f"d{n}": g for n, g in zip(("q", "k", "v", *gate_names(op)), grads[0])})
     if h0 is not None:
         got["dh0"] = grads[1]
 
@@ -154,7 +141,7 @@ def compare(op, inputs, h0, seg, *, impl, dtype=jnp.float32, chunk_size=16, scal
         (_, (o64, s64)), g64 = jax.jit(jax.value_and_grad(loss64, argnums=argn, has_aux=True))(
             xs64, h64)
         want = {"o": o64, "state": s64}
-        want.update({f"d{n}": g for n, g in zip(("q", "k", "v", *GATES[op]), g64[0])})
+        want.update({f"d{n}": g for n, g in zip(("q", "k", "v", *gate_names(op)), g64[0])})
         if h0 is not None:
             want["dh0"] = g64[1]
         errs = {}
@@ -166,10 +153,9 @@ def compare(op, inputs, h0, seg, *, impl, dtype=jnp.float32, chunk_size=16, scal
 
 
 def _zero_state(op, inputs, dtype=np.float32):
-    q, k, v = inputs[:3]
+    q, _, v = inputs[:3]
     B, _, H, K = q.shape
-    V = v.shape[-1]
-    if op == "gsa":
-        M = inputs[3].shape[-1]
-        return (np.zeros((B, H, K, M), dtype), np.zeros((B, H, M, V), dtype))
-    return np.zeros((B, H, K, V), dtype)
+    spec = pallas_kernels.spec(op)
+    M = next((x.shape[-1] for g, x in zip(spec.gates, inputs[3:]) if g.kind == "bthm"), None)
+    zeros = tuple(np.zeros(shape, dtype) for shape in spec.state_shapes(B, H, K, v.shape[-1], M))
+    return zeros if len(zeros) > 1 else zeros[0]

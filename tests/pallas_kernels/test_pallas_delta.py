@@ -11,38 +11,10 @@ import pytest
 from oracle64 import compare, make_inputs
 
 import pallas_kernels
-from pallas_kernels.pallas import _backend, delta
+from pallas_kernels.pallas import _backend
 
 OPS = ("delta_rule", "gated_delta_rule")
 KINDS = ("tpu", "triton")
-
-
-@pytest.fixture
-def flavour(request, monkeypatch):
-    """Runs the test body with the Pallas flavour `request.param`, tracing afresh. The TPU flavour
-    interprets two cores (the "parallel" grid axes split between them, as on a megacore chip) with
-    the race detector on, and fails the test if any kernel raced."""
-    from jax._src.pallas.mosaic.interpret import interpret_pallas_call as ipc
-    from jax.experimental.pallas import tpu as pltpu
-
-    detectors = []
-
-    class Recording(ipc.RaceDetectionState):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            detectors.append(self)
-
-    monkeypatch.setattr(ipc, "RaceDetectionState", Recording)
-    jax.clear_caches()
-    interpret = None
-    if request.param == "tpu":
-        interpret = pltpu.InterpretParams(detect_races=True, num_cores_or_threads=2)
-    with _backend.use_backend(request.param, interpret=interpret):
-        yield request.param
-    jax.clear_caches()
-    if request.param == "tpu":
-        assert detectors, "the TPU interpreter ran no kernel"
-        assert not any(d.races_found for d in detectors), "a kernel raced"
 
 
 def _check(errs, tol):
@@ -50,19 +22,19 @@ def _check(errs, tol):
     assert not bad, f"relative RMS above {tol}: {bad} (all: {errs})"
 
 
-@pytest.mark.parametrize("flavour", KINDS, indirect=True)
+@pytest.mark.parametrize("pallas_flavour", KINDS, indirect=True)
 @pytest.mark.parametrize("op", OPS)
-def test_matches_float64_with_segments_and_initial_state(op, flavour):
+def test_matches_float64_with_segments_and_initial_state(op, pallas_flavour):
     inputs, h0, seg = make_inputs(op, B=2, T=63, H=2, K=16, V=32, decay=1.0, seed=3)
     _check(compare(op, inputs, h0, seg, impl="pallas", chunk_size=16), 2e-3)
 
 
-@pytest.mark.parametrize("op,flavour", [
+@pytest.mark.parametrize("op,pallas_flavour", [
     ("delta_rule", "triton"), ("gated_delta_rule", "tpu"),
     pytest.param("delta_rule", "tpu", marks=pytest.mark.slow),
     pytest.param("gated_delta_rule", "triton", marks=pytest.mark.slow),
-], indirect=["flavour"])
-def test_unnormalised_keys_strong_decay_awkward_dims(op, flavour):
+], indirect=["pallas_flavour"])
+def test_unnormalised_keys_strong_decay_awkward_dims(op, pallas_flavour):
     """T=100 with chunk 32 (ragged), K=24 != V=40 (Triton pads head dims), moderate key norms,
     strong decay, no segments, no initial state."""
     inputs, h0, seg = make_inputs(op, B=1, T=100, H=2, K=24, V=40, decay=4.0, seed=5,
@@ -70,9 +42,9 @@ def test_unnormalised_keys_strong_decay_awkward_dims(op, flavour):
     _check(compare(op, inputs, h0, seg, impl="pallas", chunk_size=32), 2e-3)
 
 
-@pytest.mark.parametrize("beta_range,flavour", [("near0", "tpu"), ("near1", "triton")],
-                         indirect=["flavour"])
-def test_extreme_beta(beta_range, flavour):
+@pytest.mark.parametrize("beta_range,pallas_flavour", [("near0", "tpu"), ("near1", "triton")],
+                         indirect=["pallas_flavour"])
+def test_extreme_beta(beta_range, pallas_flavour):
     op = "gated_delta_rule"
     inputs, h0, seg = make_inputs(op, B=1, T=48, H=2, K=16, V=16, seed=7, key_norm="raw")
     q, k, v, g, beta = inputs
@@ -82,16 +54,16 @@ def test_extreme_beta(beta_range, flavour):
     _check(compare(op, (q, k, v, g, beta), h0, seg, impl="pallas", chunk_size=16), 2e-3)
 
 
-@pytest.mark.parametrize("flavour", ["tpu", pytest.param("triton", marks=pytest.mark.slow)],
+@pytest.mark.parametrize("pallas_flavour", ["tpu", pytest.param("triton", marks=pytest.mark.slow)],
                          indirect=True)
-def test_bfloat16_inputs(flavour):
+def test_bfloat16_inputs(pallas_flavour):
     op = "gated_delta_rule"
     inputs, h0, seg = make_inputs(op, B=1, T=64, H=2, K=32, V=32, seed=11)
     _check(compare(op, inputs, h0, seg, impl="pallas", chunk_size=32, dtype=jnp.bfloat16), 2e-2)
 
 
-@pytest.mark.parametrize("flavour", ["tpu"], indirect=True)
-def test_gradient_through_final_state_only(flavour):
+@pytest.mark.parametrize("pallas_flavour", ["tpu"], indirect=True)
+def test_gradient_through_final_state_only(pallas_flavour):
     op = "delta_rule"
     inputs, h0, _seg = make_inputs(op, B=1, T=40, H=1, K=16, V=16, seed=13)
     args = [jnp.asarray(x) for x in inputs]
@@ -109,24 +81,12 @@ def test_gradient_through_final_state_only(flavour):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("flavour", KINDS, indirect=True)
+@pytest.mark.parametrize("pallas_flavour", KINDS, indirect=True)
 @pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("chunk_size", [64, 128])
-def test_larger_problems(op, flavour, chunk_size):
+def test_larger_problems(op, pallas_flavour, chunk_size):
     inputs, h0, seg = make_inputs(op, B=1, T=300, H=2, K=64, V=128, decay=0.3, seed=17)
     _check(compare(op, inputs, h0, seg, impl="pallas", chunk_size=chunk_size), 2e-3)
-
-
-def test_supports_gives_reasons():
-    q = jnp.zeros((1, 64, 1, 512), jnp.float32)
-    v = jnp.zeros((1, 64, 1, 64), jnp.float32)
-    beta = jnp.zeros((1, 64, 1), jnp.float32)
-    assert "head dims" in delta.supports(q, q, v, beta, chunk_size=64)
-    small = jnp.zeros((1, 64, 1, 64), jnp.float32)
-    assert "chunk_size" in delta.supports(small, small, v, beta, chunk_size=8)
-    assert delta.supports(small, small, v, beta, chunk_size=64) is None
-    with pytest.raises(ValueError, match="chunk_size"):
-        pallas_kernels.delta_rule(small, small, v, beta, chunk_size=8, impl="pallas")
 
 
 # ----------------------------------------------------------------------------- AOT lowering
@@ -136,7 +96,8 @@ B, T, H, D = 2, 2048, 4, 128
 
 def _fwd_bwd(op, dtype):
     fn = getattr(pallas_kernels, op)
-    n_gates = 2 if op == "gated_delta_rule" else 1
+    spec = pallas_kernels.spec(op)
+    n_gates = len(spec.gates)
 
     def f(q, k, v, *gates_and_h0):
         gates, h0 = gates_and_h0[:n_gates], gates_and_h0[n_gates]
@@ -144,7 +105,8 @@ def _fwd_bwd(op, dtype):
         return jnp.sum(o.astype(jnp.float32)) + jnp.sum(s)
 
     sd = jax.ShapeDtypeStruct
-    args = [sd((B, T, H, D), dtype)] * 3 + [sd((B, T, H), dtype)] * n_gates
+    args = [sd((B, T, H, D), dtype)] * 3 + [sd(gate.shape(B, T, H, D, None), dtype)
+                                            for gate in spec.gates]
     args.append(sd((B, H, D, D), jnp.float32))
     fwd = jax.jit(lambda *a: fn(*a[:-1], initial_state=a[-1], output_final_state=True,
                                 impl="pallas"))

@@ -8,19 +8,28 @@ import jax.numpy as jnp
 import pytest
 from jax import export
 
+import pallas_kernels
 from pallas_kernels import ops
 from pallas_kernels.pallas import _backend
 
 B, T, H, M = 2, 2048, 4, 64
+# the ops on the gated-linear kernels (the delta-rule ops lower in test_pallas_delta.py)
+GLA_FAMILY = tuple(op for op, sp in pallas_kernels.OP_SPECS.items()
+                   if sp.kernel is not None and "gla_family" in sp.kernel.entry)
 
 
 def _gates(op, K, dtype):
-    return {
-        "linear_attention": (),
-        "simple_gla": (jax.ShapeDtypeStruct((B, T, H), jnp.float32),),
-        "gla": (jax.ShapeDtypeStruct((B, T, H, K), jnp.float32),),
-        "gsa": (jax.ShapeDtypeStruct((B, T, H, M), dtype), jax.ShapeDtypeStruct((B, T, H, M), jnp.float32)),
-    }[op]
+    """Abstract gates of `op` from the op table: log-decays in float32 (as the layers pass them),
+    other gates in the data dtype."""
+    return tuple(
+        jax.ShapeDtypeStruct(g.shape(B, T, H, K, M), jnp.float32 if g.role == "log_decay" else dtype)
+        for g in pallas_kernels.spec(op).gates)
+
+
+def _state(op, K):
+    shapes = pallas_kernels.spec(op).state_shapes(B, H, K, K, M)
+    states = tuple(jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes)
+    return states if len(states) > 1 else states[0]
 
 
 def _export(op, K, dtype, chunk_size, grad):
@@ -28,10 +37,7 @@ def _export(op, K, dtype, chunk_size, grad):
     q = jax.ShapeDtypeStruct((B, T, H, K), dtype)
     gates = _gates(op, K, dtype)
     seg = jax.ShapeDtypeStruct((B, T), jnp.int32)
-    state = jax.ShapeDtypeStruct((B, H, K, K), jnp.float32)
-    if op == "gsa":
-        state = (jax.ShapeDtypeStruct((B, H, K, M), jnp.float32),
-                 jax.ShapeDtypeStruct((B, H, M, K), jnp.float32))
+    state = _state(op, K)
 
     def forward(q, k, v, gates, h0, seg):
         return fn(q, k, v, *gates, initial_state=h0, segment_ids=seg, output_final_state=True,
@@ -49,7 +55,7 @@ def _export(op, K, dtype, chunk_size, grad):
     return text
 
 
-@pytest.mark.parametrize("op", ["linear_attention", "simple_gla", "gla", "gsa"])
+@pytest.mark.parametrize("op", GLA_FAMILY)
 @pytest.mark.parametrize("K", [128, 64])
 @pytest.mark.parametrize("grad", [False, True], ids=["fwd", "bwd"])
 def test_lowers_for_tpu(op, K, grad):
@@ -97,7 +103,7 @@ def _export_triton(op, K, grad):
 
 
 @pytest.mark.filterwarnings("ignore:The Pallas Triton backend is deprecated:DeprecationWarning")
-@pytest.mark.parametrize("op", ["linear_attention", "simple_gla", "gla", "gsa"])
+@pytest.mark.parametrize("op", GLA_FAMILY)
 @pytest.mark.parametrize("grad", [False, True], ids=["fwd", "bwd"])
 def test_lowers_for_gpu_triton(op, grad):
     _export_triton(op, 128, grad)
