@@ -88,6 +88,29 @@ def use_backend(kind: str, *, interpret: Any = None, detect_races: bool = False)
         _override.reset(token)
 
 
+@contextlib.contextmanager
+def for_platform(platform: str) -> Iterator[Backend]:
+    """Builds the kernels traced inside the block for the devices they are compiled for
+    (`platform`: "tpu", "gpu" or "cpu", e.g. a mesh's), not for the host: "tpu" -> compiled
+    Mosaic, "gpu" -> compiled Triton, "cpu" -> interpret mode (flavour from
+    ``CHUNKWISE_PALLAS_BACKEND``, else "triton"). An enclosing `use_backend` block wins, and when
+    the target is the host's own platform `current()` already decides."""
+    if _override.get() is not None or platform == jax.default_backend():
+        yield current()
+        return
+    if platform in ("tpu", "gpu"):
+        backend = Backend("tpu" if platform == "tpu" else "triton", False)
+    else:
+        kind = os.environ.get("CHUNKWISE_PALLAS_BACKEND", "").strip().lower() or "triton"
+        races = os.environ.get("CHUNKWISE_PALLAS_DETECT_RACES", "") not in ("", "0")
+        backend = Backend(kind, _default_interpret(kind, races))
+    token = _override.set(backend)
+    try:
+        yield backend
+    finally:
+        _override.reset(token)
+
+
 def current() -> Backend:
     """The flavour kernels traced now are built for (see the module docstring)."""
     forced = _override.get()
