@@ -11,11 +11,13 @@ from pallas_kernels.ops import (
     resolve_impl,
     simple_gla,
 )
+from pallas_kernels.sharding import OpSharding
 from pallas_kernels.spec import OP_SPECS, OPS, OpSpec, spec
 
 __all__ = [
     "OPS",
     "OP_SPECS",
+    "OpSharding",
     "OpSpec",
     "delta_rule",
     "gated_delta_rule",

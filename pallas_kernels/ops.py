@@ -12,21 +12,22 @@ import functools
 
 import jax
 import jax.numpy as jnp
+
 from pallas_kernels import _validate
 from pallas_kernels import pallas as _pallas
 from pallas_kernels.chunking import Segments
 from pallas_kernels.spec import OP_SPECS
 
-_STATIC = ("scale", "output_final_state", "chunk_size", "impl")
+_STATIC = ("scale", "output_final_state", "chunk_size", "impl", "sharding")
 
 
-def resolve_impl(op: str, impl: str, q, k, v, gates, chunk_size: int) -> str:
-    """The path `impl` stands for on this platform: "auto" becomes "pallas" on TPU/GPU when a
-    kernel supports the call, else "xla"."""
+def resolve_impl(op: str, impl: str, q, k, v, gates, chunk_size: int, platform: str | None = None) -> str:
+    """The path `impl` stands for on `platform` (default: this host's): "auto" becomes "pallas"
+    on TPU/GPU when a kernel supports the call, else "xla"."""
     _validate.check_impl(impl)
     if impl != "auto":
         return impl
-    if jax.default_backend() in ("tpu", "gpu"):
+    if (platform or jax.default_backend()) in ("tpu", "gpu"):
         if _pallas.get(op).supports(q, k, v, *gates, chunk_size=chunk_size) is None:
             return "pallas"
     return "xla"
@@ -40,10 +41,19 @@ def _pad_time(x, pad: int, value=0):
     return jnp.pad(x, widths, constant_values=value)
 
 
-def _run(op, q, k, v, gates, *, scale, initial_state, output_final_state, segment_ids, chunk_size, impl):
-    """The body of every public op: `op` (a key of `spec.OP_SPECS`) on local, unsharded arrays
-    (validation, `Segments.build`, time padding, the path's function). Returns (o in v's dtype,
+def _run(op, q, k, v, gates, *, scale, initial_state, output_final_state, segment_ids, chunk_size, impl,
+         sharding=None):
+    """The body of every public op: `op` (a key of `spec.OP_SPECS`) on q, k, v and the tuple of
+    gates, with the public keywords. With `sharding=None` it runs one op on local, unsharded
+    arrays (validation, `Segments.build`, time padding, the path's function); `sharding.run`
+    calls it that way once per shard, with `impl` already resolved. Returns (o in v's dtype,
     float32 final state or None)."""
+    if sharding is not None:  # shard_map over the mesh (and LASP-2 over T): pallas_kernels.sharding
+        from pallas_kernels import sharding as _sharding
+
+        return _sharding.run(op, q, k, v, gates, scale=scale, initial_state=initial_state,
+                             output_final_state=output_final_state, segment_ids=segment_ids,
+                             chunk_size=chunk_size, impl=impl, sharding=sharding)
     _, T, _, K, _, _ = _validate.validate(
         op, q, k, v, gates, scale=scale, initial_state=initial_state, segment_ids=segment_ids,
         chunk_size=chunk_size, impl=impl,
@@ -80,6 +90,8 @@ _COMMON_DOC = """
       segment_ids: int32 [B, T]; the state is reset to zero before every t where the id changes.
       chunk_size: chunk length C of the chunked paths (a power of two); T need not divide by it.
       impl: "auto" | "reference" | "xla" | "pallas".
+      sharding: a `pallas_kernels.OpSharding` (mesh axes splitting B, H, T): the op runs inside
+        `jax.shard_map`, with LASP-2 over T; see `pallas_kernels.sharding`. None: no mesh.
 
     Returns:
       (o [B, T, H, V], final_state or None).
@@ -101,10 +113,10 @@ def _op(name: str, doc: str):
       >>> o, s = linear_attention(q, k, v, output_final_state=True)
 """)
 def linear_attention(q, k, v, *, scale=None, initial_state=None, output_final_state=False,
-                     segment_ids=None, chunk_size=64, impl="auto"):
+                     segment_ids=None, chunk_size=64, impl="auto", sharding=None):
     return _run("linear_attention", q, k, v, (), scale=scale, initial_state=initial_state,
                 output_final_state=output_final_state, segment_ids=segment_ids,
-                chunk_size=chunk_size, impl=impl)
+                chunk_size=chunk_size, impl=impl, sharding=sharding)
 
 
 @_op("simple_gla", """Scalar-gated linear attention (RetNet, Mamba2/SSD, Lightning):
@@ -113,10 +125,10 @@ def linear_attention(q, k, v, *, scale=None, initial_state=None, output_final_st
     g: [B, T, H] log-decay per head (<= 0). State [B, H, K, V].
 """)
 def simple_gla(q, k, v, g, *, scale=None, initial_state=None, output_final_state=False,
-               segment_ids=None, chunk_size=64, impl="auto"):
+               segment_ids=None, chunk_size=64, impl="auto", sharding=None):
     return _run("simple_gla", q, k, v, (g,), scale=scale, initial_state=initial_state,
                 output_final_state=output_final_state, segment_ids=segment_ids,
-                chunk_size=chunk_size, impl=impl)
+                chunk_size=chunk_size, impl=impl, sharding=sharding)
 
 
 @_op("gla", """Gated linear attention: S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T, o_t = S_t^T (scale q_t).
@@ -124,10 +136,10 @@ def simple_gla(q, k, v, g, *, scale=None, initial_state=None, output_final_state
     g: [B, T, H, K] log-decay per key channel (<= 0). State [B, H, K, V].
 """)
 def gla(q, k, v, g, *, scale=None, initial_state=None, output_final_state=False,
-        segment_ids=None, chunk_size=64, impl="auto"):
+        segment_ids=None, chunk_size=64, impl="auto", sharding=None):
     return _run("gla", q, k, v, (g,), scale=scale, initial_state=initial_state,
                 output_final_state=output_final_state, segment_ids=segment_ids,
-                chunk_size=chunk_size, impl=impl)
+                chunk_size=chunk_size, impl=impl, sharding=sharding)
 
 
 @_op("delta_rule", """DeltaNet: S_t = (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T, o_t = S_t^T (scale q_t).
@@ -135,10 +147,10 @@ def gla(q, k, v, g, *, scale=None, initial_state=None, output_final_state=False,
     beta: [B, T, H] write strength in (0, 1]. State [B, H, K, V].
 """)
 def delta_rule(q, k, v, beta, *, scale=None, initial_state=None, output_final_state=False,
-               segment_ids=None, chunk_size=64, impl="auto"):
+               segment_ids=None, chunk_size=64, impl="auto", sharding=None):
     return _run("delta_rule", q, k, v, (beta,), scale=scale, initial_state=initial_state,
                 output_final_state=output_final_state, segment_ids=segment_ids,
-                chunk_size=chunk_size, impl=impl)
+                chunk_size=chunk_size, impl=impl, sharding=sharding)
 
 
 @_op("gated_delta_rule", """Gated DeltaNet:
@@ -147,10 +159,10 @@ def delta_rule(q, k, v, beta, *, scale=None, initial_state=None, output_final_st
     g: [B, T, H] log-decay per head (<= 0); beta: [B, T, H] write strength. State [B, H, K, V].
 """)
 def gated_delta_rule(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=False,
-                     segment_ids=None, chunk_size=64, impl="auto"):
+                     segment_ids=None, chunk_size=64, impl="auto", sharding=None):
     return _run("gated_delta_rule", q, k, v, (g, beta), scale=scale, initial_state=initial_state,
                 output_final_state=output_final_state, segment_ids=segment_ids,
-                chunk_size=chunk_size, impl=impl)
+                chunk_size=chunk_size, impl=impl, sharding=sharding)
 
 
 @_op("gsa", """Gated slot attention: two GLA passes with a softmax over M slots between.
@@ -162,7 +174,7 @@ def gated_delta_rule(q, k, v, g, beta, *, scale=None, initial_state=None, output
     State: a tuple ([B, H, K, M], [B, H, M, V]).
 """)
 def gsa(q, k, v, s, g, *, scale=None, initial_state=None, output_final_state=False,
-        segment_ids=None, chunk_size=64, impl="auto"):
+        segment_ids=None, chunk_size=64, impl="auto", sharding=None):
     return _run("gsa", q, k, v, (s, g), scale=scale, initial_state=initial_state,
                 output_final_state=output_final_state, segment_ids=segment_ids,
-                chunk_size=chunk_size, impl=impl)
+                chunk_size=chunk_size, impl=impl, sharding=sharding)
