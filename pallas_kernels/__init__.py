@@ -9,7 +9,9 @@ from pallas_kernels.ops import (
     gsa,
     linear_attention,
     resolve_impl,
+    selective_scan,
     simple_gla,
+    ttt_linear,
 )
 from pallas_kernels.sharding import OpSharding
 from pallas_kernels.spec import OP_SPECS, OPS, OpSpec, spec
@@ -25,6 +27,8 @@ __all__ = [
     "gsa",
     "linear_attention",
     "resolve_impl",
+    "selective_scan",
     "simple_gla",
     "spec",
+    "ttt_linear",
 ]

@@ -60,7 +60,7 @@ def validate(op: str, q, k, v, gates: tuple, *, scale, initial_state, segment_id
                 raise ValueError(
                     f"{gate.name} must have shape [B, T, H, M] = [{B}, {T}, {H}, M], got {_shape(x)}")
             M = x.shape[-1]
-        want = gate.shape(B, T, H, K, M)
+        want = gate.shape(B, T, H, K, M, V)
         if x.shape != want:
             raise ValueError(
                 f"{gate.name} must have shape {list(want)} for {op} with q {q.shape}, got {_shape(x)}")

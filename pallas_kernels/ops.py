@@ -9,6 +9,7 @@ Layout is [B, T, H, D]. Gates are log-decays (g <= 0); the ops apply no activati
 from __future__ import annotations
 
 import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +19,7 @@ from pallas_kernels import pallas as _pallas
 from pallas_kernels.chunking import Segments
 from pallas_kernels.spec import OP_SPECS
 
-_STATIC = ("scale", "output_final_state", "chunk_size", "impl", "sharding")
+_STATIC = ("scale", "output_final_state", "chunk_size", "impl", "sharding", "mini_batch_size")
 
 
 def resolve_impl(op: str, impl: str, q, k, v, gates, chunk_size: int, platform: str | None = None) -> str:
@@ -42,12 +43,17 @@ def _pad_time(x, pad: int, value=0):
 
 
 def _run(op, q, k, v, gates, *, scale, initial_state, output_final_state, segment_ids, chunk_size, impl,
-         sharding=None):
+         sharding=None, options=None):
     """The body of every public op: `op` (a key of `spec.OP_SPECS`) on q, k, v and the tuple of
     gates, with the public keywords. With `sharding=None` it runs one op on local, unsharded
     arrays (validation, `Segments.build`, time padding, the path's function); `sharding.run`
     calls it that way once per shard, with `impl` already resolved. Returns (o in v's dtype,
-    float32 final state or None)."""
+    float32 final state or None). `options`: the op's own static keywords (`OpSpec.options`),
+    passed to every path."""
+    options = dict(options or {})
+    if sharding is not None and options:
+        raise ValueError(f"{op} has no sharded path yet (sharding={sharding!r}); call it without "
+                         "`sharding` (its xla path partitions under jit like any XLA code)")
     if sharding is not None:  # shard_map over the mesh (and LASP-2 over T): pallas_kernels.sharding
         from pallas_kernels import sharding as _sharding
 
@@ -64,17 +70,24 @@ def _run(op, q, k, v, gates, *, scale, initial_state, output_final_state, segmen
     if initial_state is not None:
         initial_state = jax.tree.map(lambda s: s.astype(jnp.float32), initial_state)
     segments = Segments.build(segment_ids)  # the one encoding every path reads
+    if path == "pallas":  # a kernel covering part of the op (Kernel.takes): auto falls back
+        reason = _pallas.get(op).takes(segments, chunk_size, **options)
+        if reason is not None:
+            if impl == "pallas":
+                raise ValueError(f"impl='pallas' cannot run {op} here: {reason}")
+            path = "xla"
     if path == "reference":
         o, state = spec.reference(q, k, v, *gates, scale=scale, initial_state=initial_state,
-                                  segments=segments)
+                                  segments=segments, **options)
     else:
         # Zero k, v and zero log-gates after T leave every state unchanged, so padding is exact.
         pad = -T % chunk_size
-        padded = [_pad_time(x, pad) for x in (q, k, v, *gates)]
+        padded = [_pad_time(x, pad) for x in (q, k, v)] + [
+            _pad_time(x, pad) if g.timed else x for g, x in zip(spec.gates, gates)]
         segments = None if segments is None else segments.pad(pad)
         fn = spec.xla if path == "xla" else _pallas.get(op).fn
         o, state = fn(*padded, scale=scale, initial_state=initial_state, segments=segments,
-                      chunk_size=chunk_size)
+                      chunk_size=chunk_size, **options)
         o = o[:, :T]
     o = o.astype(v.dtype)
     return o, (state if output_final_state else None)
@@ -101,7 +114,8 @@ _COMMON_DOC = """
 def _op(name: str, doc: str):
     def deco(fn):
         fn.__doc__ = doc + _COMMON_DOC
-        return functools.partial(jax.jit, static_argnames=_STATIC)(fn)
+        params = inspect.signature(fn).parameters
+        return functools.partial(jax.jit, static_argnames=[n for n in _STATIC if n in params])(fn)
 
     return deco
 
@@ -178,3 +192,43 @@ def gsa(q, k, v, s, g, *, scale=None, initial_state=None, output_final_state=Fal
     return _run("gsa", q, k, v, (s, g), scale=scale, initial_state=initial_state,
                 output_final_state=output_final_state, segment_ids=segment_ids,
                 chunk_size=chunk_size, impl=impl, sharding=sharding)
+
+
+@_op("selective_scan", """Mamba's selective SSM (Gu & Dao 2023), per head h, state index n and channel p:
+    S_t[n, p] = exp(dt_t[p] A[p, n]) S_{t-1}[n, p] + k_t[n] dt_t[p] v_t[p],
+    o_t[p] = sum_n scale q_t[n] S_t[n, p]
+    (q = Mamba's C_t, k = B_t, v = x_t; its D x_t skip term belongs to the layer).
+
+    dt: [B, T, H, V] step sizes (> 0, per channel); A: [H, V, K] rates (< 0, not per token).
+    State [B, H, K, V]. No Pallas kernel (see `pallas_kernels.selective`); `sharding` is not
+    supported (the xla path partitions under jit).
+""")
+def selective_scan(q, k, v, dt, A, *, scale=None, initial_state=None, output_final_state=False,
+                   segment_ids=None, chunk_size=64, impl="auto", sharding=None):
+    if sharding is not None:
+        raise ValueError("selective_scan has no sharded path yet; call it without `sharding` "
+                         "(its xla path partitions under jit like any XLA code)")
+    return _run("selective_scan", q, k, v, (dt, A), scale=scale, initial_state=initial_state,
+                output_final_state=output_final_state, segment_ids=segment_ids,
+                chunk_size=chunk_size, impl=impl)
+
+
+@_op("ttt_linear", """TTT-Linear (Sun et al. 2024): W is trained by one gradient step per
+    mini-batch of `mini_batch_size` tokens (counted from each segment's start) on
+    sum_t eta_t ||W^T k_t - v_t||^2 / 2, every gradient at the mini-batch's starting W^(m):
+    W_t = W_{t-1} + eta_t k_t (v_t - W^(m)^T k_t)^T,  o_t = W_t^T (scale q_t).
+
+    eta: [B, T, H] inner learning rates (>= 0). mini_batch_size: b (any positive int,
+    independent of chunk_size). State W [B, H, K, V]; t = 0 starts a mini-batch, and the final
+    state applies a trailing partial mini-batch as a whole one (see `pallas_kernels.ttt`).
+""")
+def ttt_linear(q, k, v, eta, *, mini_batch_size=16, scale=None, initial_state=None,
+               output_final_state=False, segment_ids=None, chunk_size=64, impl="auto",
+               sharding=None):
+    from pallas_kernels.ttt import check_mini_batch_size
+
+    check_mini_batch_size(mini_batch_size)
+    return _run("ttt_linear", q, k, v, (eta,), scale=scale, initial_state=initial_state,
+                output_final_state=output_final_state, segment_ids=segment_ids,
+                chunk_size=chunk_size, impl=impl, sharding=sharding,
+                options={"mini_batch_size": mini_batch_size})

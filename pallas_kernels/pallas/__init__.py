@@ -51,11 +51,18 @@ class Kernel:
     def supports(self, q, k, v, *gates, chunk_size: int) -> str | None:
         return chunking.supports(self.spec, q, k, v, *gates, chunk_size=chunk_size)
 
-    def fn(self, q, k, v, *gates, scale, initial_state, segments, chunk_size):
+    def takes(self, segments, chunk_size: int, **options) -> str | None:
+        """The op's own rule on the call's segments and options (`spec.Kernel.takes`), or None."""
+        rule = self.spec.kernel.takes if self.spec.kernel is not None else None
+        return None if rule is None else _entry(rule)(segments, chunk_size, **options)
+
+    def fn(self, q, k, v, *gates, scale, initial_state, segments, chunk_size, **options):
         from pallas_kernels.pallas import _backend
 
         spec = self.spec
         reason = self.supports(q, k, v, *gates, chunk_size=chunk_size)
+        if reason is None:
+            reason = self.takes(segments, chunk_size, **options)
         if reason is not None:
             raise ValueError(f"impl='pallas' cannot run {spec.name} here: {reason}")
         kind = _backend.current().kind
@@ -71,7 +78,7 @@ class Kernel:
             states = [_pad_state(s, to(a), to(b)) for s, (a, b) in zip(states, spec.state)]
         o, final = _entry(spec.kernel.entry)(
             q, k, v, *gates, scale=scale, chunk_size=chunk_size, segments=segments,
-            initial_state=None if states is None else _tree(spec, states))
+            initial_state=None if states is None else _tree(spec, states), **options)
         final = [s[:, :, : dims.get(a, s.shape[2]), : dims.get(b, s.shape[3])]
                  for s, (a, b) in zip(_leaves(spec, final), spec.state)]
         return o[..., : dims["V"]], _tree(spec, final)

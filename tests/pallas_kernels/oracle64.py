@@ -11,17 +11,31 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pallas_kernels
 from conftest import rel_rms
+
+import pallas_kernels
 
 
 def gate_names(op) -> tuple[str, ...]:
     return pallas_kernels.spec(op).gate_names
 
 
-def _step(op, S, x, scale):
-    """One token of the recurrence; S is a state (tuple for gsa), x a tuple of per-token inputs."""
+def _step(op, S, x, scale, const=()):
+    """One token of the recurrence; S is a state (tuple for gsa), x a tuple of per-token inputs,
+    `const` the gates without a time axis (selective_scan's A)."""
     q, k, v = x[:3]
+    if op == "selective_scan":  # S[n, p] = exp(dt[p] A[p, n]) S[n, p] + k[n] dt[p] v[p]
+        dt, (A,) = x[3], const
+        S = jnp.exp(dt[..., None, :] * jnp.swapaxes(A, -1, -2)) * S + jnp.einsum(
+            "bhk,bhv->bhkv", k, dt * v)
+        return S, jnp.einsum("bhkv,bhk->bhv", S, scale * q)
+    if op == "ttt_linear":  # S = (W at the mini-batch start, W); x ends with the start flag
+        eta, start = x[3], x[4]
+        W0, W = S
+        W0 = jnp.where(start[:, None, None, None], W, W0)
+        err = v - jnp.einsum("bhk,bhkv->bhv", k, W0)
+        W = W + jnp.einsum("bhk,bhv->bhkv", eta[..., None] * k, err)
+        return (W0, W), jnp.einsum("bhkv,bhk->bhv", W, scale * q)
     if op == "gsa":
         s, g = x[3:]
         A, Bm = S
@@ -47,19 +61,41 @@ def _step(op, S, x, scale):
     return S, jnp.einsum("bhkv,bhk->bhv", S, scale * q)
 
 
-def run(op, inputs, h0, segment_ids, scale):
-    """inputs: (q, k, v, *gates) float64 [B, T, ...]; h0 float64 state or tuple; -> (o, state)."""
+def mini_batch_starts(seg, mini_batch_size):
+    """bool [B, T] (numpy): t starts a ttt_linear mini-batch (its position in its segment is a
+    multiple of the mini-batch size)."""
+    B, T = seg.shape
+    start = np.zeros((B, T), bool)
+    for b in range(B):
+        r = 0
+        for t in range(T):
+            r = 0 if t == 0 or seg[b, t] != seg[b, t - 1] else r + 1
+            start[b, t] = r % mini_batch_size == 0
+    return start
+
+
+def run(op, inputs, h0, segment_ids, scale, mini_batch_size=16):
+    """inputs: (q, k, v, *gates) float64 [B, T, ...]; h0 float64 state or tuple; -> (o, state).
+    `mini_batch_size`: ttt_linear's (the op's default)."""
     B, T = inputs[0].shape[:2]
     seg = np.zeros((B, T), np.int64) if segment_ids is None else np.asarray(segment_ids)
     reset = np.concatenate([np.zeros((B, 1), bool), seg[:, 1:] != seg[:, :-1]], axis=1)
-    xs = tuple(jnp.swapaxes(x, 0, 1) for x in inputs)
+    gates = pallas_kernels.spec(op).gates
+    timed = list(inputs[:3]) + [x for g, x in zip(gates, inputs[3:]) if g.timed]
+    const = tuple(x for g, x in zip(gates, inputs[3:]) if not g.timed)
+    if op == "ttt_linear":
+        timed.append(jnp.asarray(mini_batch_starts(seg, mini_batch_size)))
+        h0 = (h0, h0)
+    xs = tuple(jnp.swapaxes(x, 0, 1) for x in timed)
 
     def body(S, xr):
         x, r = xr
         S = jax.tree.map(lambda a: jnp.where(r.reshape(-1, *([1] * (a.ndim - 1))), 0.0, a), S)
-        return _step(op, S, x, scale)
+        return _step(op, S, x, scale, const)
 
     S, o = jax.lax.scan(body, h0, (xs, jnp.asarray(reset.T)))
+    if op == "ttt_linear":
+        S = S[1]
     return jnp.swapaxes(o, 0, 1), S
 
 
@@ -71,7 +107,7 @@ def make_inputs(op, *, B=2, T=63, H=2, K=16, V=32, M=8, decay=1.0, seed=0, segme
     by K ** -0.5 for ops without a decay."""
     spec = pallas_kernels.spec(op)
     rng = np.random.default_rng(seed)
-    n = lambda *s: rng.standard_normal(s).astype(np.float32)
+    n = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
     q, k, v = n(B, T, H, K), n(B, T, H, K), n(B, T, H, V)
     if spec.unit_keys:
         if key_norm == "l2":
@@ -82,10 +118,13 @@ def make_inputs(op, *, B=2, T=63, H=2, K=16, V=32, M=8, decay=1.0, seed=0, segme
         k = k / np.sqrt(K)
     gates = []
     for gate in spec.gates:
-        x = n(*gate.shape(B, T, H, K, M))
+        x = n(*gate.shape(B, T, H, K, M, V))
         gates.append({"log_decay": lambda x: -decay * np.abs(x),
                       "strength": lambda x: 1.0 / (1.0 + np.exp(-2 * x)),
-                      "weight": lambda x: 1.0 / (1.0 + np.exp(-x))}[gate.role](x))
+                      "weight": lambda x: 1.0 / (1.0 + np.exp(-x)),
+                      "step": lambda x: decay * np.logaddexp(0.0, x),
+                      "rate": lambda x: -np.exp(0.5 * x),
+                      "learning_rate": lambda x: 0.25 / (1.0 + np.exp(-2 * x))}[gate.role](x))
     h0 = tuple(0.5 * n(*shape) for shape in spec.state_shapes(B, H, K, V, M))
     h0 = h0 if len(h0) > 1 else h0[0]
     seg = None
@@ -94,9 +133,12 @@ def make_inputs(op, *, B=2, T=63, H=2, K=16, V=32, M=8, decay=1.0, seed=0, segme
     return (q, k, v, *gates), (h0 if initial_state else None), seg
 
 
-def compare(op, inputs, h0, seg, *, impl, dtype=jnp.float32, chunk_size=16, scale=None):
+def compare(op, inputs, h0, seg, *, impl, dtype=jnp.float32, chunk_size=16, scale=None,
+            options=None):
     """Relative RMS errors of `impl` against the float64 oracle: outputs, final state, and the
-    gradients of a random linear functional of (o, final_state) in every input."""
+    gradients of a random linear functional of (o, final_state) in every input. `options`: the
+    op's own keywords (e.g. {"mini_batch_size": 4} for ttt_linear)."""
+    options = dict(options or {})
     fn = getattr(pallas_kernels, op)
     rng = np.random.default_rng(1)
     cast = [jnp.asarray(x, dtype) for x in inputs]
@@ -105,7 +147,7 @@ def compare(op, inputs, h0, seg, *, impl, dtype=jnp.float32, chunk_size=16, scal
 
     def loss(xs, h, wo, ws):
         o, s = fn(*xs, initial_state=h, output_final_state=True, segment_ids=segj,
-                  chunk_size=chunk_size, impl=impl, scale=scale)
+                  chunk_size=chunk_size, impl=impl, scale=scale, **options)
         return jnp.sum(o.astype(jnp.float32) * wo) + sum(
             jnp.sum(a * b) for a, b in zip(jax.tree.leaves(s), jax.tree.leaves(ws))
         ), (o, s)
@@ -133,7 +175,7 @@ def compare(op, inputs, h0, seg, *, impl, dtype=jnp.float32, chunk_size=16, scal
 
         def loss64(xs, h):
             h = h if h is not None else jax.tree.map(jnp.zeros_like, _zero_state(op, xs, jnp.float64))
-            o, s = run(op, xs, h, seg, sc)
+            o, s = run(op, xs, h, seg, sc, **options)
             return jnp.sum(o * wo) + sum(
                 jnp.sum(a * b) for a, b in zip(jax.tree.leaves(s), jax.tree.leaves(ws))
             ), (o, s)
