@@ -31,7 +31,7 @@ from pallas_kernels.pallas.chunk_state import state_pass
 F32 = jnp.float32
 
 
-def takes(segments, chunk_size: int, *, mini_batch_size: int) -> str | None:
+def takes(segments, chunk_size: int, *, mini_batch_size: int = 16) -> str | None:
     """None when these kernels take the call, else the reason."""
     if segments is not None:
         return ("packed segment_ids restart the mini-batches off the chunk grid (a second carried "
@@ -41,7 +41,7 @@ def takes(segments, chunk_size: int, *, mini_batch_size: int) -> str | None:
     return None
 
 
-def ttt_linear(q, k, v, eta, *, scale, initial_state, segments, chunk_size, mini_batch_size):
+def ttt_linear(q, k, v, eta, *, scale, initial_state, segments, chunk_size, mini_batch_size=16):
     """Chunked TTT-Linear on Pallas kernels (the padded problem of `pallas.Kernel.fn`).
 
     Args:

@@ -81,6 +81,15 @@ def test_pallas_matches_float64(pallas_flavour, b, C):
                    options={"mini_batch_size": b}), 2e-3)
 
 
+@pytest.mark.parametrize("pallas_flavour", ["triton"], indirect=True)
+def test_pallas_odd_head_dims(pallas_flavour):
+    """K = 24, V = 48 (Triton pads them to 32, 64), T = 21 ragged, b = 8 < C = 16."""
+    inputs, h0, seg = make_inputs("ttt_linear", B=1, T=21, H=1, K=24, V=48, seed=21,
+                                  segments=False)
+    _check(compare("ttt_linear", inputs, h0, seg, impl="pallas", chunk_size=16,
+                   options={"mini_batch_size": 8}), 2e-3)
+
+
 def test_pallas_refuses_what_it_does_not_take_and_auto_falls_back():
     inputs, _, seg = make_inputs("ttt_linear", T=20)
     args = [jnp.asarray(x) for x in inputs]
