@@ -1,21 +1,13 @@
-"""Notation for shapes used in every docstring of `research`, and jaxtyping aliases.
+"""Notation for the shapes in the docstrings and shape comments of `research`.
 
-    B  batch                 T  time (sequence length)      L  vocabulary size
-    D  d_model               H  heads                       K  key/query head dim
-    V  value head dim        M  gsa slots                   N  mamba2 d_state
-    W  short-conv width      F  MLP hidden width            S  decode cache length (max_length)
+    B  batch                    T  time (sequence length)     D  d_model
+    H  heads                    K  key/query head dim         V  value head dim
+    M  gsa slots                N  mamba2 d_state             W  short-conv width
+    F  MLP hidden width         S  decode cache length        k  gradient-accumulation steps
+
+The vocabulary size is written out: logits are `[B, T, vocab]`. (V is the value head dim only,
+and the sequence length is T everywhere, as in the ops' `[B, T, H, D]` layout.)
+
+Runtime shape checks use `chex` (e.g. `chex.assert_shape(logits, (B, T, vocab))`) where a test
+needs them; no array-type aliases are defined here.
 """
-
-from __future__ import annotations
-
-from jaxtyping import Array, Float, Int
-
-Tokens = Int[Array, "B T"]
-SegmentIds = Int[Array, "B T"]
-Hidden = Float[Array, "B T D"]
-Logits = Float[Array, "B T L"]
-HeadsK = Float[Array, "B T H K"]
-HeadsV = Float[Array, "B T H V"]
-State = Float[Array, "B H K V"]
-
-__all__ = ["Array", "Float", "HeadsK", "HeadsV", "Hidden", "Int", "Logits", "SegmentIds", "State", "Tokens"]
