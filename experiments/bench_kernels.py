@@ -1,4 +1,4 @@
-"""GPU check and benchmark of the Pallas kernels (DESIGN.md §4).
+"""GPU check and benchmark of the Pallas kernels (targets: docs/design.md, "Numbers to beat").
 
 For every op and shape: (1) checks impl="pallas" against impl="reference" (outputs and the
 gradients of q, k, v and every gate, relative RMS), (2) times the forward and forward+backward of
@@ -29,26 +29,21 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 
 import pallas_kernels  # noqa: E402
 from pallas_kernels import pallas as pallas_registry  # noqa: E402
-from pallas_kernels.benchmark import make_problem  # noqa: E402
+from pallas_kernels.benchmark import make_problem, rel_rms  # noqa: E402
 
 SHAPES = [(8, 2048, 16, 128), (2, 8192, 16, 128)]  # (B, T, H, K = V); gsa: M = 64 slots
 SMALL_SHAPES = [(1, 128, 2, 32)]
 SLOTS = 64
 SMALL_SLOTS = 16
-DEFAULT_OPS = ("linear_attention", "simple_gla", "gla", "gsa", "delta_rule", "gated_delta_rule")
-# Names of the same ops in the optional libraries.
-FLA_OPS = {"simple_gla": ("fla.ops.simple_gla", "chunk_simple_gla"),
-           "gla": ("fla.ops.gla", "chunk_gla"),
-           "delta_rule": ("fla.ops.delta_rule", "chunk_delta_rule"),
-           "gated_delta_rule": ("fla.ops.gated_delta_rule", "chunk_gated_delta_rule"),
-           "gsa": ("fla.ops.gsa", "chunk_gsa")}
-JLA_OPS = {"gla": "gla", "simple_gla": "simple_gla", "delta_rule": "deltanet",
-           "gated_delta_rule": "gated_deltanet"}
-# Measured anchors (DESIGN.md §4; H100, bf16, B=8 T=2048 H=16 D=128), fwd+bwd ms.
+# The ops with a Pallas kernel, and the names of the same ops in the optional libraries: all from
+# the op table.
+DEFAULT_OPS = tuple(op for op, sp in pallas_kernels.OP_SPECS.items() if sp.kernel is not None)
+FLA_OPS = {op: sp.fla for op, sp in pallas_kernels.OP_SPECS.items() if sp.fla}
+JLA_OPS = {op: sp.jla for op, sp in pallas_kernels.OP_SPECS.items() if sp.jla}
+# Measured anchors (docs/design.md; H100, bf16, B=8 T=2048 H=16 D=128), fwd+bwd ms.
 TARGETS = {"gla": "FLA 3.47, jla 2.36", "simple_gla": "jla 1.03", "gsa": "FLA 4.53",
            "delta_rule": "FLA 2.35-3.02, jla 1.21", "gated_delta_rule": "jla 1.27"}
 
@@ -75,11 +70,6 @@ def _jax_fns(op: str, impl: str, chunk: int, n_args: int):
         return jnp.sum(o * o)
 
     return jax.jit(fwd), jax.jit(jax.grad(loss, argnums=tuple(range(n_args))))
-
-
-def rel_rms(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
 def check(op, args, chunk) -> float:
@@ -122,29 +112,24 @@ def _fla_timer():
         dev, dt = "cuda", torch.bfloat16
         r = lambda *s: torch.randn(*s, device=dev, dtype=dt)  # noqa: E731
         q, k, v = r(B, T, H, D), r(B, T, H, D), r(B, T, H, D)
-        extra = {}
-        if op in ("delta_rule", "gated_delta_rule"):
+        sp = pallas_kernels.spec(op)
+        if sp.unit_keys:
             q, k = (F.normalize(x.float(), dim=-1).to(dt) for x in (q, k))
-            extra["beta"] = torch.rand(B, T, H, device=dev, dtype=dt)
-        if op == "gla":
-            extra["g"] = F.logsigmoid(torch.randn(B, T, H, D, device=dev)).div(16).to(dt)
-        if op in ("simple_gla", "gated_delta_rule"):
-            extra["g"] = F.logsigmoid(torch.randn(B, T, H, device=dev)).div(16)
-        if op == "gsa":
-            extra["s"] = r(B, T, H, SLOTS)
-            extra["g"] = F.logsigmoid(torch.randn(B, T, H, SLOTS, device=dev)).div(16).to(dt)
-        module, name = FLA_OPS[op]
+        gates = []
+        for gate in sp.gates:
+            shape = gate.shape(B, T, H, D, SLOTS, D)
+            if gate.role == "log_decay":  # per-channel gates in bf16, per-head ones in float32
+                x = F.logsigmoid(torch.randn(*shape, device=dev)).div(16)
+                gates.append(x.to(dt) if gate.kind != "bth" else x)
+            elif gate.role == "strength":
+                gates.append(torch.rand(*shape, device=dev, dtype=dt))
+            else:
+                gates.append(r(*shape))
+        module, name = FLA_OPS[op].split(":")
         f = getattr(importlib.import_module(module), name)
-        if op == "gated_delta_rule":
-            call = lambda: f(q, k, v, extra["g"], extra["beta"])[0]  # noqa: E731
-        elif op == "gsa":
-            call = lambda: f(q, k, v, extra["s"], extra["g"])[0]  # noqa: E731
-        elif op == "delta_rule":
-            call = lambda: f(q, k, v, extra["beta"])[0]  # noqa: E731
-        else:
-            call = lambda: f(q, k, v, g=extra["g"])[0]  # noqa: E731
+        call = lambda: f(q, k, v, *gates)[0]  # noqa: E731
         ms_f = do_bench(call, warmup=25, rep=100, return_mode="median")
-        leaves = [q, k, v] + list(extra.values())
+        leaves = [q, k, v, *gates]
         for t in leaves:
             t.requires_grad_(True)
         do = torch.randn_like(call())
@@ -170,8 +155,7 @@ def _jla_timer():
 
     def run(op, args, iters):
         kind = JLA_OPS[op]
-        names = {"gla": ["g"], "simple_gla": ["g"], "deltanet": ["beta"],
-                 "gated_deltanet": ["g", "beta"]}[kind]
+        names = pallas_kernels.spec(op).gate_names
         q, k, v = args[:3]
         gates = list(args[3:])
 
@@ -286,7 +270,7 @@ def _write(path, head, cols, rows, on_gpu, argv):
     keep = len(cols) if on_gpu else 3  # off the GPU only op, shape and check are meaningful
     lines += [head, "", "| " + " | ".join(cols[:keep]) + " |", "|" + "---|" * keep]
     lines += ["| " + " | ".join(r["cells"][:keep]) + " |" for r in rows]
-    lines += ["", "Targets at B=8, T=2048, H=16, D=128 on an H100 (DESIGN.md §4, fwd+bwd ms): "
+    lines += ["", "Targets at B=8, T=2048, H=16, D=128 on an H100 (docs/design.md, fwd+bwd ms): "
               + "; ".join(f"{op} {t}" for op, t in TARGETS.items())
               + ". Memory floor: about 0.09 ms (simple_gla fwd), 0.13 ms (gla fwd).", ""]
     with open(path, "w") as f:

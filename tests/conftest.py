@@ -8,17 +8,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Pallas interpret mode runs kernel bodies in host callbacks that dispatch jax ops themselves;
 # with asynchronous CPU dispatch these can wait on each other. Tests run synchronously.
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_cpu_enable_async_dispatch", False)
 
-
-def rel_rms(a, b) -> float:
-    """Relative RMS error ||a - b|| / ||b|| in float64 (0-safe)."""
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+from pallas_kernels.benchmark import rel_rms  # noqa: E402, F401  (one definition for the tests)
 
 
 @pytest.fixture

@@ -122,16 +122,20 @@ def _tiles(d: int, tile: int):
     return [slice(i, i + tile) for i in range(0, d, tile)]
 
 
+def _prologue(k_ref, v_ref, beta_ref, gc_ref, r_ref):
+    """What both kernels read first: (compute dtype, K, V, beta (C, 1) f32, `chunk_masks`)."""
+    f32 = jnp.float32
+    gc, r = gc_ref[...].astype(f32), r_ref[...].astype(f32)
+    return (compute_dtype(k_ref.dtype, v_ref.dtype), k_ref.shape[-1], v_ref.shape[-1],
+            beta_ref[...].astype(f32), chunk_masks(gc, r))
+
+
 def _wy_fwd_kernel(k_ref, v_ref, beta_ref, gc_ref, r_ref, w_ref, u_ref, a_ref, *, tile):
     # Head dims are walked in column tiles so that only (C, C) matrices and one (C, tile) slice
     # are live at a time (register pressure on GPUs, vreg pressure on TPUs).
     f32 = jnp.float32
-    cdt = compute_dtype(k_ref.dtype, v_ref.dtype)
-    K, V = k_ref.shape[-1], v_ref.shape[-1]
-    beta = beta_ref[...].astype(f32)
-    gc = gc_ref[...].astype(f32)
-    r = r_ref[...].astype(f32)
-    rows, cols, _, lower_same, _, gam, gamma = chunk_masks(gc, r)
+    cdt, K, V, beta, (rows, cols, _, lower_same, _, gam, gamma) = _prologue(
+        k_ref, v_ref, beta_ref, gc_ref, r_ref)
     kk = None
     for t in _tiles(K, tile):
         kt = k_ref[:, t]
@@ -150,13 +154,9 @@ def _wy_fwd_kernel(k_ref, v_ref, beta_ref, gc_ref, r_ref, w_ref, u_ref, a_ref, *
 def _wy_bwd_kernel(k_ref, v_ref, beta_ref, gc_ref, r_ref, a_ref, dw_ref, du_ref,
                    dk_ref, dv_ref, dbeta_ref, dgc_ref, *, tile):
     f32 = jnp.float32
-    cdt = compute_dtype(k_ref.dtype, v_ref.dtype)
-    K, V = k_ref.shape[-1], v_ref.shape[-1]
-    beta = beta_ref[...].astype(f32)
-    gc = gc_ref[...].astype(f32)
-    r = r_ref[...].astype(f32)
+    cdt, K, V, beta, (_, _, eye, lower_same, _, gam, gamma) = _prologue(
+        k_ref, v_ref, beta_ref, gc_ref, r_ref)
     a = a_ref[...].astype(f32)
-    _, _, eye, lower_same, _, gam, gamma = chunk_masks(gc, r)
     bg = beta * gamma
     # W = A Kb, U = A Vb with Kb = diag(beta gamma) K, Vb = diag(beta) V:
     # dA = dW Kb^T + dU Vb^T, dKb = A^T dW, dVb = A^T dU.

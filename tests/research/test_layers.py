@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import rel_rms
 from flax import nnx
 
 from research import MIXERS, ModelConfig
@@ -250,11 +251,6 @@ def per_token(L, x, seg):
                 st = {}
             out[b, t] = STEPS[L.name](L, x[b, t], st, t)
     return out
-
-
-def rel_rms(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.sqrt(np.mean((a - b) ** 2) / np.mean(b**2)))
 
 
 # ----------------------------------------------------------------------------- tests

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import rel_rms
 from flax import nnx
 
 import research
@@ -22,11 +23,6 @@ def tiny(mixer="gla", **kw):
                 chunk_size=8)
     base.update(kw)
     return ModelConfig(**base)
-
-
-def rel_rms(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.sqrt(np.mean((a - b) ** 2) / np.mean(b**2)))
 
 
 CASES = [(m, {}) for m in MIXERS] + [
