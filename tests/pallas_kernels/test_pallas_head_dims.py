@@ -1,5 +1,5 @@
 """Head dims that are not powers of two (24, 48 as K or V; gsa's slots M too) on the Pallas path of
-every op, against the float64 recurrence: the Triton flavour pads them in the shared stage
+every op that has one, against the float64 recurrence: the Triton flavour pads them in the shared stage
 (`pallas.Kernel.fn`, gsa's M in its own glue), the TPU flavour takes them as full-extent blocks.
 Outputs, final states and every gradient, with segments and an initial state, at ragged T."""
 
