@@ -10,8 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import rel_rms
 from flax import nnx
-from test_layers import Conv, arr, l2n, lin, rel_rms, rms, silu, softplus, tiny_cfg
+from test_layers import Conv, arr, l2n, lin, rms, silu, softplus, tiny_cfg
 
 import research
 from research.layers import MIXER_CLASSES
