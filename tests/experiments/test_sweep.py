@@ -222,7 +222,9 @@ def test_state_size_cpu_tiny_reports_seeds_honestly(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name", ["state_size", "decay", "demo", "state_size_tiny", "decay_tiny",
-                                  "state_size_cpu", "state_size_cpu_tiny", "slots_cpu"])
+                                  "state_size_cpu", "state_size_cpu_tiny", "slots_cpu",
+                                  "copying_cpu_tiny", "jrt_cpu_tiny", "icll_cpu_tiny",
+                                  "state_collapse_cpu_tiny"])
 def test_every_shipped_sweep_builds_its_models(name, tmp_path):
     """Each sweep file loads and every run's model builds (abstractly) with a state size."""
     from research.sweep import describe
