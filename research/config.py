@@ -15,6 +15,7 @@ import dataclasses
 import math
 from typing import Any
 
+from research.validation import check_bool, check_choice, check_int, check_number
 from research.validation import is_int as _is_int
 
 MIXERS = (
@@ -175,69 +176,49 @@ class ModelConfig:
         raise ValueError(f"ModelConfig.{field}: {msg} (got {field}={getattr(self, field)!r})")
 
     def _validate(self) -> None:
-        if self.mixer not in MIXERS:
-            self._fail("mixer", f"must be one of {MIXERS}")
+        def name(field: str) -> str:  # what the messages call a field
+            return f"ModelConfig.{field}"
+
+        check_choice(name("mixer"), self.mixer, MIXERS)
         if self.layer_pattern is not None:
             if not isinstance(self.layer_pattern, tuple) or not self.layer_pattern:
                 self._fail("layer_pattern", "must be a non-empty tuple of mixer names or None")
-            for m in self.layer_pattern:
-                if m not in MIXERS:
-                    self._fail("layer_pattern", f"entry {m!r} is not one of {MIXERS}")
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_multiple_of",
-                     "gate_low_rank_dim", "num_slots", "d_state", "window_size", "chunk_size",
-                     "num_memories", "memory_top_k", "ttt_mini_batch"):
-            v = getattr(self, name)
-            if not _is_int(v) or v < 1:
-                self._fail(name, "must be a positive int")
+            for i, m in enumerate(self.layer_pattern):
+                check_choice(name(f"layer_pattern[{i}]"), m, MIXERS)
+        for field in ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_multiple_of",
+                      "gate_low_rank_dim", "num_slots", "d_state", "window_size", "chunk_size",
+                      "num_memories", "memory_top_k", "ttt_mini_batch"):
+            check_int(name(field), getattr(self, field), 1)
         if self.chunk_size & (self.chunk_size - 1):
             self._fail("chunk_size", "must be a power of two")
-        if not _is_int(self.conv_size) or self.conv_size < 0:
-            self._fail("conv_size", "must be an int >= 0 (0 turns the short conv off)")
-        if self.d_ff is not None and (not _is_int(self.d_ff) or self.d_ff < 1):
-            self._fail("d_ff", "must be a positive int or None")
-        for name in ("mlp_ratio", "rope_theta", "norm_eps", "init_std", "dt_min", "dt_max",
-                     "a_init_min", "a_init_max", "ttt_base_lr"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
-                self._fail(name, "must be a positive number")
+        check_int(name("conv_size"), self.conv_size, 0)  # 0 turns the short conv off
+        check_int(name("d_ff"), self.d_ff, 1, optional=True)
+        for field in ("mlp_ratio", "rope_theta", "norm_eps", "init_std", "dt_min", "dt_max",
+                      "a_init_min", "a_init_max", "ttt_base_lr"):
+            check_number(name(field), getattr(self, field), 0.0, exclusive_minimum=True)
         if not self.dt_min < self.dt_max:
             self._fail("dt_max", f"must be > dt_min={self.dt_min}")
         if not self.a_init_min < self.a_init_max:
             self._fail("a_init_max", f"must be > a_init_min={self.a_init_min}")
-        for name in ("expand_k", "expand_v", "gate_logit_normalizer", "init_half_life"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0):
-                self._fail(name, "must be a positive number or None")
-        if self.feature_map is not None and self.feature_map not in FEATURE_MAPS:
-            self._fail("feature_map", f"must be one of {FEATURE_MAPS} or None")
-        if self.decay is not None and self.decay not in DECAYS:
-            self._fail("decay", f"must be one of {DECAYS} or None")
-        if self.s4d_init not in S4D_INITS:
-            self._fail("s4d_init", f"must be one of {S4D_INITS}")
-        if self.qk_norm not in QK_NORMS:
-            self._fail("qk_norm", f"must be one of {QK_NORMS}")
-        if self.dtype not in DTYPES:
-            self._fail("dtype", f"must be one of {DTYPES}")
-        if self.impl not in IMPLS:
-            self._fail("impl", f"must be one of {IMPLS}")
-        if self.attention_impl not in ATTENTION_IMPLS:
-            self._fail("attention_impl", f"must be one of {ATTENTION_IMPLS}")
+        for field in ("expand_k", "expand_v", "gate_logit_normalizer", "init_half_life"):
+            check_number(name(field), getattr(self, field), 0.0, exclusive_minimum=True,
+                         optional=True)
+        check_choice(name("feature_map"), self.feature_map, FEATURE_MAPS, optional=True)
+        check_choice(name("decay"), self.decay, DECAYS, optional=True)
+        for field, choices in (("s4d_init", S4D_INITS), ("qk_norm", QK_NORMS), ("dtype", DTYPES),
+                               ("impl", IMPLS), ("attention_impl", ATTENTION_IMPLS)):
+            check_choice(name(field), getattr(self, field), choices)
         if not self.memory_top_k <= self.num_memories:
             self._fail("memory_top_k", f"must be <= num_memories={self.num_memories}")
-        if (not isinstance(self.router_aux_weight, (int, float)) or isinstance(self.router_aux_weight, bool)
-                or not self.router_aux_weight >= 0):
-            self._fail("router_aux_weight", "must be a number >= 0")
+        check_number(name("router_aux_weight"), self.router_aux_weight, 0.0)
         if not isinstance(self.ngram_layers, tuple) or not all(
                 _is_int(n) and 1 <= n <= 8 for n in self.ngram_layers):
             self._fail("ngram_layers", "must be a tuple of n-gram orders n in [1, 8], e.g. (1, 2, 3)")
-        for name in ("tie_embeddings", "use_beta", "remat", "shared_memory"):
-            if not isinstance(getattr(self, name), bool):
-                self._fail(name, "must be a bool")
-        if self.use_output_gate is not None and not isinstance(self.use_output_gate, bool):
-            self._fail("use_output_gate", "must be a bool or None")
-        for i in self.attention_layers:
-            if not _is_int(i) or not 0 <= i < self.n_layers:
-                self._fail("attention_layers", f"entries must be layer indices in [0, {self.n_layers})")
+        for field in ("tie_embeddings", "use_beta", "remat", "shared_memory"):
+            check_bool(name(field), getattr(self, field))
+        check_bool(name("use_output_gate"), self.use_output_gate, optional=True)
+        for i, layer in enumerate(self.attention_layers):
+            check_int(name(f"attention_layers[{i}]"), layer, 0, self.n_layers - 1)
         if self.d_model % self.n_heads:
             self._fail("n_heads", f"must divide d_model={self.d_model}")
         used = set(self.layer_mixers())

@@ -22,18 +22,18 @@ from typing import Any
 import grain
 import numpy as np
 
+from research.validation import check_int
+
 Batch = dict[str, np.ndarray]
 
 _READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
 
 
 def _check_sharding(batch_size: int, process_index: int, process_count: int) -> int:
-    if process_count < 1:
-        raise ValueError(f"process_count must be >= 1, got {process_count}")
-    if not 0 <= process_index < process_count:
-        raise ValueError(
-            f"process_index must be in [0, {process_count}), got {process_index}")
-    if batch_size < 1 or batch_size % process_count:
+    check_int("process_count", process_count, 1)
+    check_int("process_index", process_index, 0, process_count - 1)
+    check_int("batch_size", batch_size, 1)
+    if batch_size % process_count:
         raise ValueError(
             f"batch_size (global) must be a positive multiple of process_count={process_count}, "
             f"got {batch_size}")
@@ -79,8 +79,7 @@ def eval_batches(source: Any, *, batch_size: int, num_batches: int, process_inde
     returns this process's rows of each: a list of dicts of arrays with leading axis B / P."""
     _check_source(source)
     local = _check_sharding(batch_size, process_index, process_count)
-    if num_batches < 1:
-        raise ValueError(f"num_batches must be >= 1, got {num_batches}")
+    check_int("num_batches", num_batches, 1)
     ds = grain.MapDataset.source(source).repeat(None).batch(local, drop_remainder=True)
     return [ds[b * process_count + process_index] for b in range(num_batches)]
 

@@ -28,6 +28,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from research.validation import check_index, check_int, check_number
+
 
 class ByteTokenizer:
     """UTF-8 bytes as tokens: vocab 256, no special tokens."""
@@ -184,8 +186,7 @@ class TokenWindows:
     vocab_size: int = 256
 
     def __post_init__(self):
-        if self.seq_len < 1:
-            raise ValueError(f"seq_len must be >= 1, got {self.seq_len}")
+        check_int("seq_len", self.seq_len, 1)
         if self.tokens.ndim != 1:
             raise ValueError(f"tokens must be 1-D, got shape {self.tokens.shape}")
         if self.doc_ids is not None and self.doc_ids.shape != self.tokens.shape:
@@ -200,12 +201,7 @@ class TokenWindows:
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         """{"tokens", "targets", "segment_ids": int32 [L], "loss_mask": bool [L]}."""
-        n = len(self)
-        index = int(index)
-        if index < 0:
-            index += n
-        if not 0 <= index < n:
-            raise IndexError(f"index {index} out of range for {n} windows")
+        index = check_index(index, len(self), "windows")
         L = self.seq_len
         start = index * L
         window = np.asarray(self.tokens[start:start + L + 1], dtype=np.int32)
@@ -229,8 +225,8 @@ class TokenWindows:
 def split_documents(docs: Sequence[np.ndarray], val_fraction: float
                     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Hold out the tail `val_fraction` of every document: returns (train_docs, val_docs)."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    check_number("val_fraction", val_fraction, 0.0, 1.0, exclusive_minimum=True,
+                 exclusive_maximum=True)
     train, val = [], []
     for d in docs:
         cut = round(len(d) * (1.0 - val_fraction))

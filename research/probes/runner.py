@@ -35,6 +35,7 @@ from research.probes.capacity import length_extrapolation, passkey_sweep, recall
 from research.probes.dynamics import decay_statistics, state_norms
 from research.probes.evaluate import evaluate_task
 from research.tasks import MQAR, ForgettingMQAR, Passkey, SetDisjointness
+from research.validation import check_choice, check_int, check_number
 
 PROBES = ("task", "length", "kv_pairs", "passkey", "decay", "state_norm", "jrt_prompt")
 OPT_IN = ("jrt_prompt",)  # run only when named
@@ -68,14 +69,14 @@ class ProbeSettings:
     def __post_init__(self):
         for name in ("num_examples", "batch_size", "decay_examples", "state_norm_examples",
                      "state_norm_chunk"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        if not self.factors or any(not f > 0 for f in self.factors):
+            check_int(name, getattr(self, name), 1)
+        if not self.factors:
             raise ValueError(f"factors must be a non-empty sequence of numbers > 0, "
                              f"got {self.factors!r}")
-        if any(not 0 <= d <= 1 for d in self.depths):
-            raise ValueError(f"depths must lie in [0, 1], got {self.depths!r}")
+        for i, f in enumerate(self.factors):
+            check_number(f"factors[{i}]", f, 0.0, exclusive_minimum=True)
+        for i, d in enumerate(self.depths):
+            check_number(f"depths[{i}]", d, 0.0, 1.0)
 
 
 def applicable_probes(task) -> list[str]:
@@ -164,8 +165,7 @@ def run_probes(model, config, outdir, names: Sequence[str] | None = None,
     if names is None:
         names = [n for n in avail if n not in OPT_IN]
     for n in names:
-        if n not in PROBES:
-            raise ValueError(f"probe names must be in {PROBES}, got {n!r}")
+        check_choice("probe names", n, PROBES)
         if n not in avail:
             raise ValueError(f"probe {n!r} does not apply to this run (data: "
                              f"{type(task).__name__ if task else config.data.source}); "

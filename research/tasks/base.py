@@ -24,7 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from research.validation import check_choice, check_int  # noqa: F401 (check_choice: for the tasks)
+from research.validation import (  # noqa: F401 (check_bool, check_choice, check_number: for the tasks)
+    check_bool,
+    check_choice,
+    check_index,
+    check_int,
+    check_number,
+)
 
 Example = dict[str, np.ndarray]
 
@@ -50,6 +56,14 @@ class Task:
     def _generate(self, rng: np.random.Generator) -> Example:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _check_fields(self, *, min_vocab_size: int = 1, min_seq_len: int = 1) -> None:
+        """The checks of the fields every task has: vocab_size >= min_vocab_size, seq_len >=
+        min_seq_len, num_examples >= 1 and seed >= 0 (integers). For `__post_init__`."""
+        check_int("vocab_size", self.vocab_size, min_vocab_size)  # type: ignore[attr-defined]
+        check_int("seq_len", self.seq_len, min_seq_len)  # type: ignore[attr-defined]
+        check_int("num_examples", self.num_examples, 1)  # type: ignore[attr-defined]
+        check_int("seed", self.seed, 0)  # type: ignore[attr-defined]
+
     def __len__(self) -> int:
         return int(self.num_examples)  # type: ignore[attr-defined]
 
@@ -61,15 +75,7 @@ class Task:
         )
 
     def _check_index(self, index: Any) -> int:
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-            raise TypeError(f"index must be an integer, got {type(index).__name__}")
-        n = len(self)
-        index = int(index)
-        if index < 0:
-            index += n
-        if not 0 <= index < n:
-            raise IndexError(f"index {index} out of range for a task of {n} examples")
-        return index
+        return check_index(index, len(self), "examples")
 
     def __getitem__(self, index: int) -> Example:
         """Example `index`: {"tokens": int32[L], "targets": int32[L], "loss_mask": bool[L]}."""
@@ -91,6 +97,18 @@ class Task:
     def with_(self, **changes: Any):
         """A copy of the task with some fields changed (e.g. a longer `seq_len` for probes)."""
         return dataclasses.replace(self, **changes)
+
+
+def labelled(tokens: np.ndarray, at, labels, **extra: Any) -> Example:
+    """The example of `tokens` ([L]) whose targets are `labels` at the positions `at` (an index,
+    a slice or an index array) and 0 elsewhere, with the loss mask True exactly there; `extra`
+    entries (e.g. "prefix_length") are added as they are."""
+    L = len(tokens)
+    targets = np.zeros(L, dtype=np.int64)
+    targets[at] = labels
+    loss_mask = np.zeros(L, dtype=bool)
+    loss_mask[at] = True
+    return {"tokens": tokens, "targets": targets, "loss_mask": loss_mask, **extra}
 
 
 def stack(examples: Sequence[Example]) -> Example:

@@ -15,7 +15,7 @@ import dataclasses
 
 import numpy as np
 
-from research.tasks.base import Example, Task, check_positive
+from research.tasks.base import Example, Task, labelled
 
 PAD = 0
 SEP = 1
@@ -39,10 +39,7 @@ class Copying(Task):
     num_examples: int = 100_000
 
     def __post_init__(self):
-        check_positive("vocab_size", self.vocab_size, 3)
-        check_positive("seq_len", self.seq_len, 3)
-        check_positive("num_examples", self.num_examples)
-        check_positive("seed", self.seed, 0)
+        self._check_fields(min_vocab_size=3, min_seq_len=3)
 
     @property
     def string_len(self) -> int:
@@ -56,8 +53,4 @@ class Copying(Task):
         tokens[:n] = x
         tokens[n] = SEP
         tokens[n + 1 : 2 * n] = x[:-1]
-        targets = np.zeros(L, dtype=np.int64)
-        targets[n : 2 * n] = x
-        loss_mask = np.zeros(L, dtype=bool)
-        loss_mask[n : 2 * n] = True
-        return {"tokens": tokens, "targets": targets, "loss_mask": loss_mask}
+        return labelled(tokens, slice(n, 2 * n), x)

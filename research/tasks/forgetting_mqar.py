@@ -24,8 +24,8 @@ import dataclasses
 
 import numpy as np
 
-from research.tasks.base import Example, Task, check_choice, check_positive
-from research.tasks.mqar import power_law_gap_probs
+from research.tasks.base import Example, Task, check_positive, labelled
+from research.tasks.mqar import check_recall_fields, fill_zeros, sample_query_gaps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,16 +52,9 @@ class ForgettingMQAR(Task):
     filler: str = "random"
 
     def __post_init__(self):
-        check_positive("vocab_size", self.vocab_size, 4)
-        check_positive("seq_len", self.seq_len, 4)
-        check_positive("num_kv_pairs", self.num_kv_pairs)
+        check_recall_fields(self)
         check_positive("num_updates", self.num_updates, 0)
-        check_positive("num_examples", self.num_examples)
-        check_positive("seed", self.seed, 0)
-        check_choice("filler", self.filler, ("random", "zero"))
         n, u = self.num_kv_pairs, self.num_updates
-        if self.seq_len % 2:
-            raise ValueError(f"seq_len must be even, got {self.seq_len}")
         if 2 * (n + u) + 2 * n > self.seq_len:
             raise ValueError(
                 "num_kv_pairs and num_updates must satisfy 2 * (num_kv_pairs + num_updates) + "
@@ -73,8 +66,6 @@ class ForgettingMQAR(Task):
                 f"vocab_size={self.vocab_size} is too small for num_kv_pairs={n} keys and "
                 f"num_kv_pairs + num_updates={n + u} distinct values"
             )
-        if not (isinstance(self.power_a, (int, float)) and self.power_a > 0):
-            raise ValueError(f"power_a must be a number > 0, got {self.power_a!r}")
 
     @property
     def context_len(self) -> int:
@@ -99,22 +90,16 @@ class ForgettingMQAR(Task):
         latest = {}
         for k, v in zip(write_keys.tolist(), write_values.tolist()):
             latest[k] = v
-        p = power_law_gap_probs(self.num_gap_slots, self.power_a)
-        gaps = rng.choice(self.num_gap_slots, size=n, replace=False, p=p)
+        gaps = sample_query_gaps(rng, self.num_gap_slots, n, self.power_a)
 
         tokens = np.zeros(L, dtype=np.int64)
         tokens[0 : self.context_len : 2] = write_keys
         tokens[1 : self.context_len : 2] = write_values
         query_pos = self.context_len + 2 * gaps
         tokens[query_pos] = keys
-        targets = np.zeros(L, dtype=np.int64)
-        targets[query_pos] = [latest[int(k)] for k in keys]
-        loss_mask = np.zeros(L, dtype=bool)
-        loss_mask[query_pos] = True
         if self.filler == "random":
-            zero = tokens == 0
-            tokens[zero] = rng.integers(0, V, size=int(zero.sum()))
-        return {"tokens": tokens, "targets": targets, "loss_mask": loss_mask}
+            fill_zeros(tokens, rng, V)
+        return labelled(tokens, query_pos, [latest[int(k)] for k in keys])
 
     def stale_values(self, index: int) -> np.ndarray:
         """Values each query's key held before its last write: int32 [L, U + 1], -1 padded.

@@ -13,7 +13,7 @@ import dataclasses
 
 import numpy as np
 
-from research.tasks.base import Example, Task, check_positive
+from research.tasks.base import Example, Task, labelled
 
 TRIGGER = 0
 
@@ -36,10 +36,7 @@ class InductionHeads(Task):
     num_examples: int = 100_000
 
     def __post_init__(self):
-        check_positive("vocab_size", self.vocab_size, 3)
-        check_positive("seq_len", self.seq_len, 3)
-        check_positive("num_examples", self.num_examples)
-        check_positive("seed", self.seed, 0)
+        self._check_fields(min_vocab_size=3, min_seq_len=3)
 
     def _generate(self, rng: np.random.Generator) -> Example:
         L = self.seq_len
@@ -47,8 +44,4 @@ class InductionHeads(Task):
         p = int(rng.integers(0, L - 2))
         tokens[p] = TRIGGER
         tokens[L - 1] = TRIGGER
-        targets = np.zeros(L, dtype=np.int64)
-        targets[L - 1] = tokens[p + 1]
-        loss_mask = np.zeros(L, dtype=bool)
-        loss_mask[L - 1] = True
-        return {"tokens": tokens, "targets": targets, "loss_mask": loss_mask}
+        return labelled(tokens, L - 1, tokens[p + 1])

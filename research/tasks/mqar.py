@@ -32,7 +32,15 @@ import dataclasses
 
 import numpy as np
 
-from research.tasks.base import Example, Task, check_choice, check_positive
+from research.tasks.base import (
+    Example,
+    Task,
+    check_bool,
+    check_choice,
+    check_number,
+    check_positive,
+    labelled,
+)
 
 
 def power_law_gap_probs(num_slots: int, power_a: float) -> np.ndarray:
@@ -41,10 +49,36 @@ def power_law_gap_probs(num_slots: int, power_a: float) -> np.ndarray:
     Returns float64 [num_slots] summing to 1.
     """
     check_positive("num_slots", num_slots)
-    if not power_a > 0:
-        raise ValueError(f"power_a must be > 0, got {power_a!r}")
+    check_number("power_a", power_a, 0.0, exclusive_minimum=True)
     p = power_a * np.arange(1, num_slots + 1, dtype=np.float64) ** (power_a - 1)
     return p / p.sum()
+
+
+def sample_query_gaps(rng: np.random.Generator, num_slots: int, num_queries: int,
+                      power_a: float) -> np.ndarray:
+    """The gap slots of `num_queries` queries: distinct slots in [0, num_slots) drawn with
+    `power_law_gap_probs` (int [num_queries])."""
+    p = power_law_gap_probs(num_slots, power_a)
+    return rng.choice(num_slots, size=num_queries, replace=False, p=p)
+
+
+def fill_zeros(tokens: np.ndarray, rng: np.random.Generator, vocab_size: int) -> None:
+    """Zoology's random filler, in place: every 0 token (keys are never 0) becomes a uniform
+    token over the vocabulary."""
+    zero = tokens == 0
+    tokens[zero] = rng.integers(0, vocab_size, size=int(zero.sum()))
+
+
+def check_recall_fields(task: Task) -> None:
+    """The field checks that MQAR and Forgetting-MQAR share (for their `__post_init__`):
+    vocab_size >= 4, seq_len >= 4 and even, num_kv_pairs >= 1, num_examples, seed, filler
+    ("random" or "zero") and power_a > 0."""
+    task._check_fields(min_vocab_size=4, min_seq_len=4)
+    check_positive("num_kv_pairs", task.num_kv_pairs)  # type: ignore[attr-defined]
+    check_choice("filler", task.filler, ("random", "zero"))  # type: ignore[attr-defined]
+    if task.seq_len % 2:  # type: ignore[attr-defined]
+        raise ValueError(f"seq_len must be even, got {task.seq_len}")  # type: ignore[attr-defined]
+    check_number("power_a", task.power_a, 0.0, exclusive_minimum=True)  # type: ignore[attr-defined]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,16 +112,8 @@ class MQAR(Task):
     jrt_prompt: bool = False
 
     def __post_init__(self):
-        check_positive("vocab_size", self.vocab_size, 4)
-        check_positive("seq_len", self.seq_len, 4)
-        check_positive("num_kv_pairs", self.num_kv_pairs)
-        check_positive("num_examples", self.num_examples)
-        check_positive("seed", self.seed, 0)
-        check_choice("filler", self.filler, ("random", "zero"))
-        if self.seq_len % 2:
-            raise ValueError(f"seq_len must be even, got {self.seq_len}")
-        if not isinstance(self.jrt_prompt, bool):
-            raise ValueError(f"jrt_prompt must be a bool, got {self.jrt_prompt!r}")
+        check_recall_fields(self)
+        check_bool("jrt_prompt", self.jrt_prompt)
         if self.jrt_prompt and 6 * self.num_kv_pairs > self.seq_len:
             raise ValueError(
                 f"num_kv_pairs must satisfy 6 * num_kv_pairs <= seq_len with jrt_prompt (the "
@@ -104,8 +130,6 @@ class MQAR(Task):
                 f"num_kv_pairs must be <= vocab_size // 2 - 1 = {self.vocab_size // 2 - 1} "
                 f"distinct keys, got {self.num_kv_pairs}"
             )
-        if not (isinstance(self.power_a, (int, float)) and self.power_a > 0):
-            raise ValueError(f"power_a must be a number > 0, got {self.power_a!r}")
 
     @property
     def context_len(self) -> int:
@@ -126,8 +150,7 @@ class MQAR(Task):
         n, L, V = self.num_kv_pairs, self.seq_len, self.vocab_size
         keys = rng.choice(np.arange(1, V // 2), size=n, replace=False)
         values = rng.choice(np.arange(V // 2, V), size=n, replace=False)
-        p = power_law_gap_probs(self.num_gap_slots, self.power_a)
-        gaps = rng.choice(self.num_gap_slots, size=n, replace=False, p=p)
+        gaps = sample_query_gaps(rng, self.num_gap_slots, n, self.power_a)
 
         tokens = np.zeros(L, dtype=np.int64)
         tokens[0 : 2 * n : 2] = keys
@@ -136,13 +159,6 @@ class MQAR(Task):
             tokens[2 * n : 4 * n] = tokens[: 2 * n]
         query_pos = self.prompt_len + 2 * gaps
         tokens[query_pos] = keys
-        targets = np.zeros(L, dtype=np.int64)
-        targets[query_pos] = values
-        loss_mask = np.zeros(L, dtype=bool)
-        loss_mask[query_pos] = True
         if self.filler == "random":
-            # Zoology replaces every 0 token by a uniform token (keys are never 0).
-            zero = tokens == 0
-            tokens[zero] = rng.integers(0, V, size=int(zero.sum()))
-        return {"tokens": tokens, "targets": targets, "loss_mask": loss_mask,
-                "prefix_length": self.prompt_len}
+            fill_zeros(tokens, rng, V)
+        return labelled(tokens, query_pos, values, prefix_length=self.prompt_len)

@@ -24,7 +24,7 @@ import zlib
 
 import numpy as np
 
-from research.tasks.base import Example, Task, check_choice, check_positive
+from research.tasks.base import Example, Task, check_choice, check_number, check_positive, labelled
 
 NUM_DIGITS = 10
 KEY = 10
@@ -57,16 +57,10 @@ class Passkey(Task):
     num_examples: int = 100_000
 
     def __post_init__(self):
-        check_positive("vocab_size", self.vocab_size, FIRST_FILLER + 1)
         check_positive("passkey_len", self.passkey_len)
-        check_positive("seq_len", self.seq_len, 2 * self.passkey_len + 2)
-        check_positive("num_examples", self.num_examples)
-        check_positive("seed", self.seed, 0)
+        self._check_fields(min_vocab_size=FIRST_FILLER + 1, min_seq_len=2 * self.passkey_len + 2)
         check_choice("filler", self.filler, ("random", "repeat"))
-        if self.depth is not None and not (
-            isinstance(self.depth, (int, float)) and 0.0 <= self.depth <= 1.0
-        ):
-            raise ValueError(f"depth must be None or in [0, 1], got {self.depth!r}")
+        check_number("depth", self.depth, 0.0, 1.0, optional=True)
 
     @property
     def haystack_len(self) -> int:
@@ -94,11 +88,7 @@ class Passkey(Task):
         tokens[pos + 1 : pos + 1 + k] = digits
         tokens[H] = QUERY
         tokens[H + 1 :] = digits[:-1]
-        targets = np.zeros(L, dtype=np.int64)
-        targets[H:] = digits
-        loss_mask = np.zeros(L, dtype=bool)
-        loss_mask[H:] = True
-        return {"tokens": tokens, "targets": targets, "loss_mask": loss_mask}
+        return labelled(tokens, slice(H, None), digits)
 
 
 def passkey_grid(lengths, depths, **kwargs) -> list[Passkey]:

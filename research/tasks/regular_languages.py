@@ -28,7 +28,7 @@ import zlib
 
 import numpy as np
 
-from research.tasks.base import Example, Task, check_choice, check_positive
+from research.tasks.base import Example, Task, check_choice, check_number
 
 NUM_LETTERS = 18
 SEPARATOR = NUM_LETTERS  # token 18
@@ -144,13 +144,10 @@ class RegularLanguages(Task):
     num_examples: int = 100_000
 
     def __post_init__(self):
-        check_positive("seq_len", self.seq_len, 2)
-        check_positive("num_examples", self.num_examples)
-        check_positive("seed", self.seed, 0)
-        check_positive("vocab_size", self.vocab_size, NUM_LETTERS + 1)
+        self._check_fields(min_vocab_size=NUM_LETTERS + 1, min_seq_len=2)
         check_choice("split", self.split, ("train", "test"))
-        if not 0.0 < self.test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction!r}")
+        check_number("test_fraction", self.test_fraction, 0.0, 1.0, exclusive_minimum=True,
+                     exclusive_maximum=True)
 
     def rng(self, index: int) -> np.random.Generator:
         """Example `index`'s generator; the split is part of the seed."""

@@ -15,7 +15,7 @@ import dataclasses
 
 import numpy as np
 
-from research.tasks.base import Example, Task, check_positive
+from research.tasks.base import Example, Task, check_positive, labelled
 
 NOISE = 0
 MARKER = 1
@@ -41,11 +41,8 @@ class SelectiveCopying(Task):
     num_examples: int = 100_000
 
     def __post_init__(self):
-        check_positive("vocab_size", self.vocab_size, 3)
         check_positive("num_tokens", self.num_tokens)
-        check_positive("seq_len", self.seq_len, 2 * self.num_tokens)
-        check_positive("num_examples", self.num_examples)
-        check_positive("seed", self.seed, 0)
+        self._check_fields(min_vocab_size=3, min_seq_len=2 * self.num_tokens)
 
     def _generate(self, rng: np.random.Generator) -> Example:
         m, L = self.num_tokens, self.seq_len
@@ -55,8 +52,4 @@ class SelectiveCopying(Task):
         tokens = np.full(L, NOISE, dtype=np.int64)
         tokens[positions] = content
         tokens[c:] = MARKER
-        targets = np.zeros(L, dtype=np.int64)
-        targets[c:] = content
-        loss_mask = np.zeros(L, dtype=bool)
-        loss_mask[c:] = True
-        return {"tokens": tokens, "targets": targets, "loss_mask": loss_mask}
+        return labelled(tokens, slice(c, None), content)

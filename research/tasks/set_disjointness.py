@@ -25,7 +25,7 @@ import dataclasses
 
 import numpy as np
 
-from research.tasks.base import Example, Task, check_choice, check_positive
+from research.tasks.base import Example, Task, check_bool, check_choice, check_positive, labelled
 
 SEP = 0
 QUERY = 1
@@ -57,12 +57,8 @@ class SetDisjointness(Task):
 
     def __post_init__(self):
         check_positive("short_size", self.short_size)
-        if not isinstance(self.jrt_prompt, bool):
-            raise ValueError(f"jrt_prompt must be a bool, got {self.jrt_prompt!r}")
-        check_positive("seq_len", self.seq_len,
-                       4 * self.short_size + 4 if self.jrt_prompt else 2 * self.short_size + 2)
-        check_positive("num_examples", self.num_examples)
-        check_positive("seed", self.seed, 0)
+        check_bool("jrt_prompt", self.jrt_prompt)
+        self._check_fields(min_seq_len=(4 if self.jrt_prompt else 2) * (self.short_size + 1))
         check_choice("order", self.order, ("short_first", "long_first"))
         need = self.short_size + self.long_size - 1
         if need > self.vocab_size - 2:
@@ -92,9 +88,4 @@ class SetDisjointness(Task):
             prompt = [*pad, *prompt, [SEP], *prompt]
         tokens = np.concatenate([*prompt, [QUERY]]).astype(np.int64)
         L = self.seq_len
-        targets = np.zeros(L, dtype=np.int64)
-        targets[L - 1] = common
-        loss_mask = np.zeros(L, dtype=bool)
-        loss_mask[L - 1] = True
-        return {"tokens": tokens, "targets": targets, "loss_mask": loss_mask,
-                "prefix_length": L - 1}
+        return labelled(tokens, L - 1, common, prefix_length=L - 1)
