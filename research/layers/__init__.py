@@ -4,6 +4,8 @@ Every mixer is an `nnx.Module` built as `cls(cfg: ModelConfig, *, rngs)` with
   __call__(x [B, T, D], *, segment_ids=None, cache=None, pos=None) -> (y [B, T, D], new cache | None)
   init_cache(batch_size, max_length) -> cache pytree
   state_size(seq_len=None) -> floats of decode state per sequence
+All but s4d derive from `common.Mixer` (mamba, mamba2: `common.SSMMixer`), which keeps the config
+and head widths and builds the layers they share (q/k/v projections, output gate, norm, o_proj).
 """
 
 from research.layers.attention import Attention

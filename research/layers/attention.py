@@ -41,26 +41,17 @@ def rope(x, positions, theta: float):
     return out.astype(x.dtype)
 
 
-class Attention(nnx.Module):
+class Attention(common.Mixer):
     """Causal softmax attention mixer. __call__(x [B, T, D]) -> (y [B, T, D], cache or None)."""
 
     name = "attention"
     window: int | None = None
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        self.cfg = cfg
-        d, H = cfg.d_model, cfg.n_heads
-        self.n_heads = H
-        self.head_k, self.head_v = cfg.head_dims(self.name)
-        self.use_output_gate = cfg.knob(self.name, "use_output_gate")
-        HK, HV = H * self.head_k, H * self.head_v
-        self.q_proj = common.linear(cfg, d, HK, rngs=rngs)
-        self.k_proj = common.linear(cfg, d, HK, rngs=rngs)
-        self.v_proj = common.linear(cfg, d, HV, rngs=rngs)
-        self.conv = common.ShortConv(2 * HK + HV, cfg.conv_size, rngs=rngs) if cfg.conv_size else None
-        if self.use_output_gate:
-            self.g_proj = common.linear(cfg, d, HV, rngs=rngs)
-        self.o_proj = common.linear(cfg, HV, d, rngs=rngs, names=("heads", "embed"))
+        super().__init__(cfg)
+        self.add_qkv_projections(rngs)
+        self.conv = common.short_conv(cfg, self.n_heads * (2 * self.head_k + self.head_v), rngs=rngs)
+        self.add_output_block(rngs, norm=False)
 
     def state_size(self, seq_len: int | None = None) -> int:
         """H * (K + V) * L floats: the keys and values of L = seq_len positions (window if smaller)."""
@@ -81,7 +72,7 @@ class Attention(nnx.Module):
         cache = {"k": jnp.zeros((batch_size, S, H, self.head_k), dt),
                  "v": jnp.zeros((batch_size, S, H, self.head_v), dt)}
         if self.conv is not None:
-            cache["conv"] = self.conv.init_cache(batch_size, H * (2 * self.head_k + self.head_v))
+            cache["conv"] = self.conv.init_cache(batch_size)
         return cache
 
     def __call__(self, x, *, segment_ids=None, cache=None, pos=None):
@@ -89,10 +80,8 @@ class Attention(nnx.Module):
         of tokens already fed through it) or None."""
         H = self.n_heads
         B, T, _ = x.shape
-        (q, k, v), conv_cache = common.conv_parts(
-            self.conv, [self.q_proj(x), self.k_proj(x), self.v_proj(x)],
-            segment_ids=segment_ids, cache=cache)
-        q, k, v = (common.split_heads(t, H) for t in (q, k, v))
+        (q, k, v), conv_cache = self.project_heads(x, (self.q_proj, self.k_proj, self.v_proj),
+                                                   segment_ids=segment_ids, cache=cache)
         start = 0 if cache is None else pos
         qpos = start + jnp.arange(T)
         q, k = rope(q, qpos, self.cfg.rope_theta), rope(k, qpos, self.cfg.rope_theta)

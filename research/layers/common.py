@@ -1,4 +1,5 @@
-"""Pieces shared by the mixers: norms, the short causal conv, the gated MLP, feature maps, gate
+"""Pieces shared by the mixers: the `Mixer` base class (the config, head widths and the
+projections most mixers share), norms, the short causal conv, the gated MLP, feature maps, gate
 initialisation and the call into `pallas_kernels` (with the decode cache's state).
 
 Shapes follow `research.array_typing`: B batch, T time, D d_model, H heads, K/V head dims, W conv width.
@@ -89,6 +90,7 @@ class ShortConv(nnx.Module):
     """
 
     def __init__(self, channels: int, width: int, *, rngs: nnx.Rngs, activation: bool = True):
+        self.channels = channels
         self.width = width
         self.activation = activation
         bound = 1.0 / math.sqrt(width)  # PyTorch's Conv1d default for a depthwise conv
@@ -97,9 +99,9 @@ class ShortConv(nnx.Module):
             **axes("conv", "heads", shape=(width, channels)),
         )
 
-    def init_cache(self, batch_size: int, channels: int, dtype=jnp.float32):
+    def init_cache(self, batch_size: int, dtype=jnp.float32):
         """Zeros [B, W-1, C]: the inputs before t = 0."""
-        return jnp.zeros((batch_size, self.width - 1, channels), dtype)
+        return jnp.zeros((batch_size, self.width - 1, self.channels), dtype)
 
     def __call__(self, x, *, segment_ids=None, cache=None):
         """x: [B, T, C]; segment_ids: [B, T] or None; cache: [B, W-1, C] or None -> (y, new cache).
@@ -125,6 +127,11 @@ class ShortConv(nnx.Module):
         if cache is not None:
             new_cache = jnp.concatenate([prev, x], axis=1)[:, T:].astype(cache.dtype)
         return y, new_cache
+
+
+def short_conv(cfg: ModelConfig, channels: int, *, rngs: nnx.Rngs) -> ShortConv | None:
+    """The mixers' `ShortConv` over `channels` of width `cfg.conv_size`; None with conv_size 0."""
+    return ShortConv(channels, cfg.conv_size, rngs=rngs) if cfg.conv_size else None
 
 
 def causal_conv(x, w, prev, segment_ids=None, prev_segment_ids=None, activation: bool = True):
@@ -370,11 +377,12 @@ def conv_parts(conv, parts, *, segment_ids=None, cache=None):
     return jnp.split(y, sizes, axis=-1), new
 
 
-def recurrent_cache(conv, batch_size: int, conv_channels: int, state):
-    """The decode cache of a recurrent mixer: {"state": state, "conv": [B, W-1, C]} (conv if any)."""
+def recurrent_cache(conv, batch_size: int, state):
+    """The decode cache of a recurrent mixer: {"state": state, "conv": [B, W-1, C] zeros} (the
+    conv entry only with a short conv)."""
     cache = {"state": state}
     if conv is not None:
-        cache["conv"] = conv.init_cache(batch_size, conv_channels)
+        cache["conv"] = conv.init_cache(batch_size)
     return cache
 
 
@@ -396,3 +404,93 @@ def split_heads(x, n_heads: int):
 def merge_heads(x):
     """[B, T, H, D] -> [B, T, H*D]."""
     return x.reshape(*x.shape[:-2], x.shape[-2] * x.shape[-1])
+
+
+class Mixer(nnx.Module):
+    """Base class of the token mixers: what every mixer keeps of its config, and the layers and
+    input paths that most of them share.
+
+    `__init__(cfg)` sets `cfg`, `n_heads`, the per-head widths `cfg.head_dims(name)` under the
+    attribute names `head_dim_names` ((head_k, head_v); the SSMs: (d_state, head_dim)) and
+    `use_output_gate`. The `add_*` builders create their layers in a fixed order, which is the
+    order of the rng draws and so fixes the initial parameters. `state_size` and `init_cache`
+    default to one matrix state of the two head widths per head ([B, H, K, V]; the SSMs:
+    [B, H, N, P]); mixers with another state override them.
+    """
+
+    name = "mixer"
+    head_dim_names: tuple[str, str] = ("head_k", "head_v")
+
+    def __init__(self, cfg: ModelConfig):
+        self.cfg = cfg
+        self.n_heads = cfg.n_heads
+        for attr, width in zip(self.head_dim_names, cfg.head_dims(self.name)):
+            setattr(self, attr, width)
+        self.use_output_gate = cfg.knob(self.name, "use_output_gate")
+
+    def _head_widths(self) -> tuple[int, int]:
+        return tuple(getattr(self, attr) for attr in self.head_dim_names)
+
+    def state_size(self, seq_len: int | None = None) -> int:
+        """Floats of decode state per sequence: H * K * V (the SSMs: H * N * P)."""
+        return self.n_heads * math.prod(self._head_widths())
+
+    def init_cache(self, batch_size: int, max_length: int):
+        """{"state": [B, H, K, V] (the SSMs: [B, H, N, P]), "conv": [B, W-1, C] (with a short
+        conv)}, zeros."""
+        state = jnp.zeros((batch_size, self.n_heads, *self._head_widths()), jnp.float32)
+        return recurrent_cache(self.conv, batch_size, state)
+
+    def add_qkv_projections(self, rngs: nnx.Rngs, *, k_width: int | None = None,
+                            v_width: int | None = None) -> None:
+        """q_proj [D -> H K], k_proj [D -> k_width (default H K)], v_proj [D -> v_width
+        (default H V)], created in that order."""
+        cfg, d, H = self.cfg, self.cfg.d_model, self.n_heads
+        self.q_proj = linear(cfg, d, H * self.head_k, rngs=rngs)
+        self.k_proj = linear(cfg, d, H * self.head_k if k_width is None else k_width, rngs=rngs)
+        self.v_proj = linear(cfg, d, H * self.head_v if v_width is None else v_width, rngs=rngs)
+
+    def add_output_block(self, rngs: nnx.Rngs, *, norm: bool = True) -> None:
+        """The layers of `head_output`: g_proj [D -> H V] (with use_output_gate), o_norm (the
+        per-head RMSNorm over V; with `norm`) and o_proj [H V -> D], created in that order."""
+        cfg, HV = self.cfg, self.n_heads * self.head_v
+        if self.use_output_gate:
+            self.g_proj = linear(cfg, cfg.d_model, HV, rngs=rngs)
+        if norm:
+            self.o_norm = RMSNorm(self.head_v, eps=cfg.norm_eps, name="kv")
+        self.o_proj = linear(cfg, HV, cfg.d_model, rngs=rngs, names=("heads", "embed"))
+
+    def project_heads(self, x, projections, *, segment_ids=None, cache=None):
+        """x [B, T, D] through each of `projections`, the mixer's short conv `self.conv` (None:
+        none) over them together, then split into heads: ([B, T, H, C_i / H] each, new conv
+        cache). `cache` is the mixer's decode cache or None."""
+        parts, conv_cache = conv_parts(self.conv, [p(x) for p in projections],
+                                       segment_ids=segment_ids, cache=cache)
+        return [split_heads(p, self.n_heads) for p in parts], conv_cache
+
+    def qkv_heads(self, x, *, segment_ids=None, cache=None, v_feature: str = "identity"):
+        """(q, k [B, T, H, K'], v [B, T, H, V], new conv cache): phi(conv(x W_q)),
+        phi(conv(x W_k)) with phi the mixer's `feature` map, and v_feature(conv(x W_v)); a
+        SiLU map is not applied again after the conv (`feature_map_after_conv`)."""
+        (q, k, v), conv_cache = self.project_heads(x, (self.q_proj, self.k_proj, self.v_proj),
+                                                   segment_ids=segment_ids, cache=cache)
+        q = feature_map_after_conv(self.feature, q, self.conv)
+        k = feature_map_after_conv(self.feature, k, self.conv)
+        return q, k, feature_map_after_conv(v_feature, v, self.conv), conv_cache
+
+    @property
+    def qk_scale(self) -> float:
+        """The attention scale of q.k: 1/sqrt(K), or 1 for the Taylor feature map (whose
+        expansion already carries the 1/sqrt(K) of exp(q.k / sqrt(K)))."""
+        return 1.0 if self.feature == "taylor" else self.head_k ** -0.5
+
+
+class SSMMixer(Mixer):
+    """Base of the Mamba mixers: per-head widths (d_state N, head_dim P) and d_inner = H * P
+    channels E, split over the heads in the ops' [B, T, H, P] layout; state [B, H, N, P]."""
+
+    head_dim_names = ("d_state", "head_dim")
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.d_inner = self.n_heads * self.head_dim

@@ -19,50 +19,24 @@ from research.config import ModelConfig
 from research.layers import common
 
 
-class DeltaNet(nnx.Module):
+class DeltaNet(common.Mixer):
     """DeltaNet mixer. __call__(x [B, T, D]) -> (y [B, T, D], cache or None)."""
 
     name = "deltanet"
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        self.cfg = cfg
-        d, H = cfg.d_model, cfg.n_heads
-        self.n_heads = H
-        self.head_k, self.head_v = cfg.head_dims(self.name)
+        super().__init__(cfg)
         self.feature = cfg.knob(self.name, "feature_map")
-        self.use_output_gate = cfg.knob(self.name, "use_output_gate")
-        HK, HV = H * self.head_k, H * self.head_v
-        self.q_proj = common.linear(cfg, d, HK, rngs=rngs)
-        self.k_proj = common.linear(cfg, d, HK, rngs=rngs)
-        self.v_proj = common.linear(cfg, d, HV, rngs=rngs)
+        self.add_qkv_projections(rngs)
         if cfg.use_beta:
-            self.b_proj = common.linear(cfg, d, H, rngs=rngs)
-        self.conv = common.ShortConv(2 * HK + HV, cfg.conv_size, rngs=rngs) if cfg.conv_size else None
-        if self.use_output_gate:
-            self.g_proj = common.linear(cfg, d, HV, rngs=rngs)
-        self.o_norm = common.RMSNorm(self.head_v, eps=cfg.norm_eps, name="kv")
-        self.o_proj = common.linear(cfg, HV, d, rngs=rngs, names=("heads", "embed"))
-
-    def state_size(self, seq_len: int | None = None) -> int:
-        """H * K * V floats per sequence."""
-        return self.n_heads * self.head_k * self.head_v
-
-    def init_cache(self, batch_size: int, max_length: int):
-        """{"state": [B, H, K, V], "conv": [B, W-1, 2HK+HV] (if conv)}, zeros."""
-        H = self.n_heads
-        state = jnp.zeros((batch_size, H, self.head_k, self.head_v), jnp.float32)
-        return common.recurrent_cache(self.conv, batch_size, H * (2 * self.head_k + self.head_v), state)
+            self.b_proj = common.linear(cfg, cfg.d_model, self.n_heads, rngs=rngs)
+        self.conv = common.short_conv(cfg, self.n_heads * (2 * self.head_k + self.head_v), rngs=rngs)
+        self.add_output_block(rngs)
 
     def qkv(self, x, *, segment_ids=None, cache=None):
         """q, k [B, T, H, K] (activated, normalised), v [B, T, H, V], and the new conv cache."""
-        H = self.n_heads
-        (q, k, v), conv_cache = common.conv_parts(
-            self.conv, [self.q_proj(x), self.k_proj(x), self.v_proj(x)],
-            segment_ids=segment_ids, cache=cache)
-        q, k, v = (common.split_heads(t, H) for t in (q, k, v))
-        q = common.feature_map_after_conv(self.feature, q, self.conv)
-        k = common.feature_map_after_conv(self.feature, k, self.conv)
-        v = common.feature_map_after_conv("silu", v, self.conv)
+        q, k, v, conv_cache = self.qkv_heads(x, segment_ids=segment_ids, cache=cache,
+                                             v_feature="silu")
         if self.cfg.qk_norm == "l2":
             q, k = common.l2_normalize(q), common.l2_normalize(k)
         return q, k, v, conv_cache

@@ -20,7 +20,7 @@ from research.config import ModelConfig
 from research.layers import common
 
 
-class GLA(nnx.Module):
+class GLA(common.Mixer):
     """GLA token mixer. __call__(x [B, T, D]) -> (y [B, T, D], cache or None)."""
 
     name = "gla"
@@ -28,20 +28,15 @@ class GLA(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         name = self.name
-        self.cfg = cfg
+        super().__init__(cfg)
         d, H = cfg.d_model, cfg.n_heads
-        self.n_heads = H
-        self.head_k, self.head_v = cfg.head_dims(name)
         self.feature = cfg.knob(name, "feature_map")
         self.feat_k = common.feature_dim(self.feature, self.head_k)
         self.decay = self.forced_decay or cfg.knob(name, "decay")
         self.normalizer = float(cfg.knob(name, "gate_logit_normalizer") or 16.0)
-        self.use_output_gate = cfg.knob(name, "use_output_gate")
-        HK, HV = H * self.head_k, H * self.head_v
-        self.q_proj = common.linear(cfg, d, HK, rngs=rngs)
-        self.k_proj = common.linear(cfg, d, HK, rngs=rngs)
-        self.v_proj = common.linear(cfg, d, HV, rngs=rngs)
-        self.conv = common.ShortConv(2 * HK + HV, cfg.conv_size, rngs=rngs) if cfg.conv_size else None
+        HK = H * self.head_k
+        self.add_qkv_projections(rngs)
+        self.conv = common.short_conv(cfg, 2 * HK + H * self.head_v, rngs=rngs)
         bias = 0.0
         if cfg.init_half_life is not None:
             bias = common.logsigmoid_bias_for_half_life(cfg.init_half_life, self.normalizer)
@@ -53,10 +48,7 @@ class GLA(nnx.Module):
         elif self.decay == "scalar":
             self.gs_proj = common.linear(cfg, d, H, rngs=rngs, bias=True,
                                          bias_init=common.constant_init(bias))
-        if self.use_output_gate:
-            self.g_proj = common.linear(cfg, d, HV, rngs=rngs)
-        self.o_norm = common.RMSNorm(self.head_v, eps=cfg.norm_eps, name="kv")
-        self.o_proj = common.linear(cfg, HV, d, rngs=rngs, names=("heads", "embed"))
+        self.add_output_block(rngs)
 
     def state_size(self, seq_len: int | None = None) -> int:
         """Floats of recurrent state per sequence: H * K' * V (K' after the feature map)."""
@@ -64,10 +56,8 @@ class GLA(nnx.Module):
 
     def init_cache(self, batch_size: int, max_length: int):
         """{"state": [B, H, K', V] zeros, "conv": [B, W-1, 2HK+HV] zeros (if conv)}."""
-        H = self.n_heads
-        state = jnp.zeros((batch_size, H, self.feat_k, self.head_v), jnp.float32)
-        return common.recurrent_cache(self.conv, batch_size,
-                                      H * (2 * self.head_k + self.head_v), state)
+        state = jnp.zeros((batch_size, self.n_heads, self.feat_k, self.head_v), jnp.float32)
+        return common.recurrent_cache(self.conv, batch_size, state)
 
     def log_decay(self, x):
         """The log-decay gate for x [B, T, D]: [B, T, H, K] (vector) or [B, T, H] (scalar, fixed);
@@ -86,16 +76,10 @@ class GLA(nnx.Module):
 
     def __call__(self, x, *, segment_ids=None, cache=None, pos=None):
         """x: [B, T, D]; segment_ids: [B, T] or None; cache: from init_cache or None."""
-        H = self.n_heads
-        (q, k, v), conv_cache = common.conv_parts(
-            self.conv, [self.q_proj(x), self.k_proj(x), self.v_proj(x)],
-            segment_ids=segment_ids, cache=cache)
-        q = common.feature_map_after_conv(self.feature, common.split_heads(q, H), self.conv)
-        k = common.feature_map_after_conv(self.feature, common.split_heads(k, H), self.conv)
-        v = common.split_heads(v, H)
+        q, k, v, conv_cache = self.qkv_heads(x, segment_ids=segment_ids, cache=cache)
         g = self.log_decay(x)
         state = None if cache is None else cache["state"]
-        scale = 1.0 if self.feature == "taylor" else self.head_k ** -0.5
+        scale = self.qk_scale
         if self.decay == "vector":
             o, state = common.run_op(self.cfg, "gla", q, k, v, g, scale=scale,
                                      segment_ids=segment_ids, state=state)

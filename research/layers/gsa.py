@@ -18,35 +18,26 @@ from research.config import ModelConfig
 from research.layers import common
 
 
-class GSA(nnx.Module):
+class GSA(common.Mixer):
     """Gated slot attention mixer. __call__(x [B, T, D]) -> (y [B, T, D], cache or None)."""
 
     name = "gsa"
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        self.cfg = cfg
-        d, H = cfg.d_model, cfg.n_heads
-        self.n_heads = H
-        self.head_k, self.head_v = cfg.head_dims(self.name)
+        super().__init__(cfg)
+        H = cfg.n_heads
         self.num_slots = cfg.num_slots
         self.feature = cfg.knob(self.name, "feature_map")
         self.feat_k = common.feature_dim(self.feature, self.head_k)
         self.normalizer = float(cfg.knob(self.name, "gate_logit_normalizer"))
-        self.use_output_gate = cfg.knob(self.name, "use_output_gate")
-        HK, HV = H * self.head_k, H * self.head_v
         bias = 0.0
         if cfg.init_half_life is not None:
             bias = common.logsigmoid_bias_for_half_life(cfg.init_half_life, self.normalizer)
-        self.q_proj = common.linear(cfg, d, HK, rngs=rngs)
-        self.k_proj = common.linear(cfg, d, HK, rngs=rngs)
-        self.v_proj = common.linear(cfg, d, HV, rngs=rngs)
-        self.f_proj = common.linear(cfg, d, H * self.num_slots, rngs=rngs, bias=True,
+        self.add_qkv_projections(rngs)
+        self.f_proj = common.linear(cfg, cfg.d_model, H * self.num_slots, rngs=rngs, bias=True,
                                     bias_init=common.constant_init(bias))
-        self.conv = common.ShortConv(2 * HK + HV, cfg.conv_size, rngs=rngs) if cfg.conv_size else None
-        if self.use_output_gate:
-            self.g_proj = common.linear(cfg, d, HV, rngs=rngs)
-        self.o_norm = common.RMSNorm(self.head_v, eps=cfg.norm_eps, name="kv")
-        self.o_proj = common.linear(cfg, HV, d, rngs=rngs, names=("heads", "embed"))
+        self.conv = common.short_conv(cfg, H * (2 * self.head_k + self.head_v), rngs=rngs)
+        self.add_output_block(rngs)
 
     def state_size(self, seq_len: int | None = None) -> int:
         """H * M * (K' + V) floats per sequence (the key-slot and slot-value memories)."""
@@ -57,7 +48,7 @@ class GSA(nnx.Module):
         H, M = self.n_heads, self.num_slots
         state = (jnp.zeros((batch_size, H, self.feat_k, M), jnp.float32),
                  jnp.zeros((batch_size, H, M, self.head_v), jnp.float32))
-        return common.recurrent_cache(self.conv, batch_size, H * (2 * self.head_k + self.head_v), state)
+        return common.recurrent_cache(self.conv, batch_size, state)
 
     def log_decay(self, x):
         """Per-slot forget gate in log space [B, T, H, M] for x [B, T, D]."""
@@ -66,18 +57,12 @@ class GSA(nnx.Module):
 
     def __call__(self, x, *, segment_ids=None, cache=None, pos=None):
         """x: [B, T, D]; segment_ids: [B, T] or None; cache: from init_cache or None."""
-        H = self.n_heads
-        (q, k, v), conv_cache = common.conv_parts(
-            self.conv, [self.q_proj(x), self.k_proj(x), self.v_proj(x)],
-            segment_ids=segment_ids, cache=cache)
-        q = common.feature_map_after_conv(self.feature, common.split_heads(q, H), self.conv)
-        k = common.feature_map_after_conv(self.feature, common.split_heads(k, H), self.conv)
-        v = common.feature_map_after_conv("silu", common.split_heads(v, H), self.conv)
+        q, k, v, conv_cache = self.qkv_heads(x, segment_ids=segment_ids, cache=cache,
+                                             v_feature="silu")
         g = self.log_decay(x)
         s = (-jnp.expm1(g)).astype(q.dtype)
         state = None if cache is None else tuple(cache["state"])
-        scale = 1.0 if self.feature == "taylor" else self.head_k ** -0.5
-        o, state = common.run_op(self.cfg, "gsa", q, k, v, s, g, scale=scale,
+        o, state = common.run_op(self.cfg, "gsa", q, k, v, s, g, scale=self.qk_scale,
                                  segment_ids=segment_ids, state=state)
         state = None if state is None else tuple(state)
         return common.head_output(self, o, x), common.updated_cache(cache, state, conv_cache)

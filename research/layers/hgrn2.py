@@ -21,40 +21,23 @@ from research.config import ModelConfig
 from research.layers import common
 
 
-class HGRN2(nnx.Module):
+class HGRN2(common.Mixer):
     """HGRN2 mixer. __call__(x [B, T, D]) -> (y [B, T, D], cache or None)."""
 
     name = "hgrn2"
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        self.cfg = cfg
-        d, H = cfg.d_model, cfg.n_heads
-        self.n_heads = H
-        self.head_k, self.head_v = cfg.head_dims(self.name)
+        super().__init__(cfg)
         self.feature = cfg.knob(self.name, "feature_map")
-        self.use_output_gate = cfg.knob(self.name, "use_output_gate")
-        HK, HV = H * self.head_k, H * self.head_v
+        d, HK, HV = cfg.d_model, self.n_heads * self.head_k, self.n_heads * self.head_v
         bias = 0.0
         if cfg.init_half_life is not None:
             bias = common.logsigmoid_bias_for_half_life(cfg.init_half_life)
         self.q_proj = common.linear(cfg, d, HK, rngs=rngs)
         self.f_proj = common.linear(cfg, d, HK, rngs=rngs, bias=True, bias_init=common.constant_init(bias))
         self.i_proj = common.linear(cfg, d, HV, rngs=rngs)
-        self.conv = common.ShortConv(HK + HV, cfg.conv_size, rngs=rngs) if cfg.conv_size else None
-        if self.use_output_gate:
-            self.g_proj = common.linear(cfg, d, HV, rngs=rngs)
-        self.o_norm = common.RMSNorm(self.head_v, eps=cfg.norm_eps, name="kv")
-        self.o_proj = common.linear(cfg, HV, d, rngs=rngs, names=("heads", "embed"))
-
-    def state_size(self, seq_len: int | None = None) -> int:
-        """H * K * V floats per sequence."""
-        return self.n_heads * self.head_k * self.head_v
-
-    def init_cache(self, batch_size: int, max_length: int):
-        """{"state": [B, H, K, V], "conv": [B, W-1, HK+HV] (if conv)}, zeros."""
-        H = self.n_heads
-        state = jnp.zeros((batch_size, H, self.head_k, self.head_v), jnp.float32)
-        return common.recurrent_cache(self.conv, batch_size, H * (self.head_k + self.head_v), state)
+        self.conv = common.short_conv(cfg, HK + HV, rngs=rngs)
+        self.add_output_block(rngs)
 
     def log_decay(self, x):
         """Forget gate in log space [B, T, H, K] for x [B, T, D]."""
@@ -62,11 +45,9 @@ class HGRN2(nnx.Module):
 
     def __call__(self, x, *, segment_ids=None, cache=None, pos=None):
         """x: [B, T, D]; segment_ids: [B, T] or None; cache: from init_cache or None."""
-        H = self.n_heads
-        (q, i), conv_cache = common.conv_parts(self.conv, [self.q_proj(x), self.i_proj(x)],
-                                               segment_ids=segment_ids, cache=cache)
-        q = common.feature_map_after_conv(self.feature, common.split_heads(q, H), self.conv)
-        v = common.split_heads(i, H)
+        (q, v), conv_cache = self.project_heads(x, (self.q_proj, self.i_proj),
+                                                segment_ids=segment_ids, cache=cache)
+        q = common.feature_map_after_conv(self.feature, q, self.conv)
         g = self.log_decay(x)
         k = (-jnp.expm1(g)).astype(q.dtype)
         state = None if cache is None else cache["state"]

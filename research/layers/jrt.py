@@ -41,14 +41,8 @@ class JRT(GLA):
     def __call__(self, x, *, segment_ids=None, cache=None, pos=None, prefix_length=None):
         """x: [B, T, D]; segment_ids: [B, T] or None; cache: from init_cache (with pos) or None;
         prefix_length: int [B] or None (no prefix)."""
-        H = self.n_heads
         B, T, _ = x.shape
-        (q, k, v), conv_cache = common.conv_parts(
-            self.conv, [self.q_proj(x), self.k_proj(x), self.v_proj(x)],
-            segment_ids=segment_ids, cache=cache)
-        q = common.feature_map_after_conv(self.feature, common.split_heads(q, H), self.conv)
-        k = common.feature_map_after_conv(self.feature, common.split_heads(k, H), self.conv)
-        v = common.split_heads(v, H)
+        q, k, v, conv_cache = self.qkv_heads(x, segment_ids=segment_ids, cache=cache)
         state = None if cache is None else cache["state"]
         if prefix_length is not None:
             start = 0 if cache is None else pos
@@ -61,8 +55,7 @@ class JRT(GLA):
                                   v.astype(jnp.float32))
             state = s_prefix if state is None else state + s_prefix
             k = jnp.where(in_prefix[..., None, None], 0, k)
-        scale = 1.0 if self.feature == "taylor" else self.head_k ** -0.5
-        o, state = common.run_op(self.cfg, "linear_attention", q, k, v, scale=scale,
+        o, state = common.run_op(self.cfg, "linear_attention", q, k, v, scale=self.qk_scale,
                                  segment_ids=segment_ids, state=state)
         if cache is None:
             state = None

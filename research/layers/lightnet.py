@@ -59,27 +59,17 @@ def segment_starts(segment_ids, batch: int, length: int):
     return first | change
 
 
-class LightNet(nnx.Module):
+class LightNet(common.Mixer):
     """LightNet mixer. __call__(x [B, T, D]) -> (y [B, T, D], cache or None)."""
 
     name = "lightnet"
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        self.cfg = cfg
-        d, H = cfg.d_model, cfg.n_heads
-        self.n_heads = H
-        self.head_k, self.head_v = cfg.head_dims(self.name)
+        super().__init__(cfg)
         self.feature = cfg.knob(self.name, "feature_map")
-        self.use_output_gate = cfg.knob(self.name, "use_output_gate")
-        HK, HV = H * self.head_k, H * self.head_v
-        self.q_proj = common.linear(cfg, d, HK, rngs=rngs)
-        self.k_proj = common.linear(cfg, d, HK, rngs=rngs)
-        self.v_proj = common.linear(cfg, d, HV, rngs=rngs)
-        self.conv = common.ShortConv(HK + HV, cfg.conv_size, rngs=rngs) if cfg.conv_size else None
-        if self.use_output_gate:
-            self.g_proj = common.linear(cfg, d, HV, rngs=rngs)
-        self.o_norm = common.RMSNorm(self.head_v, eps=cfg.norm_eps, name="kv")
-        self.o_proj = common.linear(cfg, HV, d, rngs=rngs, names=("heads", "embed"))
+        self.add_qkv_projections(rngs)  # k_proj: the log-keys, outside the conv
+        self.conv = common.short_conv(cfg, self.n_heads * (self.head_k + self.head_v), rngs=rngs)
+        self.add_output_block(rngs)
 
     def state_size(self, seq_len: int | None = None) -> int:
         """H * K * (V + 1) floats per sequence: the state and the key normaliser log z."""
@@ -90,7 +80,7 @@ class LightNet(nnx.Module):
         H, K = self.n_heads, self.head_k
         state = (jnp.zeros((batch_size, H, K, self.head_v), jnp.float32),
                  jnp.full((batch_size, H, K), EMPTY_LOG_Z, jnp.float32))
-        return common.recurrent_cache(self.conv, batch_size, H * (K + self.head_v), state)
+        return common.recurrent_cache(self.conv, batch_size, state)
 
     def gates(self, x, *, segment_ids=None, log_z0=None):
         """(g [B, T, H, K] log-decays, k' [B, T, H, K] = k_t / z_t, log z_T [B, H, K]) for x [B, T, D].
@@ -114,11 +104,9 @@ class LightNet(nnx.Module):
 
     def __call__(self, x, *, segment_ids=None, cache=None, pos=None):
         """x: [B, T, D]; segment_ids: [B, T] or None; cache: from init_cache or None."""
-        H = self.n_heads
-        (q, v), conv_cache = common.conv_parts(self.conv, [self.q_proj(x), self.v_proj(x)],
-                                               segment_ids=segment_ids, cache=cache)
-        q = common.feature_map_after_conv(self.feature, common.split_heads(q, H), self.conv)
-        v = common.split_heads(v, H)
+        (q, v), conv_cache = self.project_heads(x, (self.q_proj, self.v_proj),
+                                                segment_ids=segment_ids, cache=cache)
+        q = common.feature_map_after_conv(self.feature, q, self.conv)
         state, log_z0 = (None, None) if cache is None else cache["state"]
         g, k, log_z = self.gates(x, segment_ids=segment_ids, log_z0=log_z0)
         o, state = common.run_op(self.cfg, "gla", q, k.astype(q.dtype), v, g,

@@ -31,22 +31,17 @@ from research.layers import common
 F32 = jnp.float32
 
 
-class Mamba(nnx.Module):
+class Mamba(common.SSMMixer):
     """Mamba (selective SSM) mixer. __call__(x [B, T, D]) -> (y [B, T, D], cache or None)."""
 
     name = "mamba"
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        self.cfg = cfg
-        d, H = cfg.d_model, cfg.n_heads
-        self.n_heads = H
-        self.d_state, self.head_dim = cfg.head_dims(self.name)
-        self.d_inner = E = H * self.head_dim
-        N = self.d_state
+        super().__init__(cfg)
+        d, N, E = cfg.d_model, self.d_state, self.d_inner
         self.dt_rank = R = math.ceil(d / 16)
-        self.use_output_gate = cfg.knob(self.name, "use_output_gate")
         self.in_proj = common.linear(cfg, d, 2 * E if self.use_output_gate else E, rngs=rngs)
-        self.conv = common.ShortConv(E, cfg.conv_size, rngs=rngs) if cfg.conv_size else None
+        self.conv = common.short_conv(cfg, E, rngs=rngs)
         self.x_proj = common.linear(cfg, E, R + 2 * N, rngs=rngs, names=("heads", None))
         k_dt, k_w = jax.random.split(rngs.params())
         u = jax.random.uniform(k_dt, (E,), F32)
@@ -63,16 +58,6 @@ class Mamba(nnx.Module):
         self.A_log = nnx.Param(jnp.log(a), **common.axes("heads", None, shape=(E, N)))
         self.D = nnx.Param(jnp.ones((E,), F32), **common.axes("heads", shape=(E,)))
         self.out_proj = common.linear(cfg, E, d, rngs=rngs, names=("heads", "embed"))
-
-    def state_size(self, seq_len: int | None = None) -> int:
-        """E * N floats per sequence (the SSM state; the conv tail is not counted, as for the
-        other mixers)."""
-        return self.d_inner * self.d_state
-
-    def init_cache(self, batch_size: int, max_length: int):
-        """{"state": [B, H, N, P], "conv": [B, W-1, E] (if conv)}, zeros."""
-        state = jnp.zeros((batch_size, self.n_heads, self.d_state, self.head_dim), F32)
-        return common.recurrent_cache(self.conv, batch_size, self.d_inner, state)
 
     def ssm_inputs(self, u, *, segment_ids=None, cache=None):
         """(x [B, T, E] after the conv, z or None, dt [B, T, E] float32, Bm, Cm [B, T, N], conv cache)."""

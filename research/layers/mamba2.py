@@ -21,35 +21,21 @@ from research.config import ModelConfig
 from research.layers import common
 
 
-class Mamba2(nnx.Module):
+class Mamba2(common.SSMMixer):
     """Mamba2 (SSD) mixer. __call__(x [B, T, D]) -> (y [B, T, D], cache or None)."""
 
     name = "mamba2"
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        self.cfg = cfg
-        d, H = cfg.d_model, cfg.n_heads
-        self.n_heads = H
-        self.d_state, self.head_dim = cfg.head_dims(self.name)
-        self.d_inner = H * self.head_dim
-        self.use_output_gate = cfg.knob(self.name, "use_output_gate")
-        N, E = self.d_state, self.d_inner
+        super().__init__(cfg)
+        d, H, N, E = cfg.d_model, self.n_heads, self.d_state, self.d_inner
         self.split = (E, E, N, N, H) if self.use_output_gate else (E, N, N, H)
         self.in_proj = common.linear(cfg, d, sum(self.split), rngs=rngs)
-        self.conv = common.ShortConv(E + 2 * N, cfg.conv_size, rngs=rngs) if cfg.conv_size else None
+        self.conv = common.short_conv(cfg, E + 2 * N, rngs=rngs)
         self.A_log, self.dt_bias = common.mamba_decay_init(cfg, H, rngs)
         self.D = nnx.Param(jnp.ones((H,), jnp.float32), **common.axes("heads"))
         self.norm = common.RMSNorm(E, eps=cfg.norm_eps, name="heads")
         self.out_proj = common.linear(cfg, E, d, rngs=rngs, names=("heads", "embed"))
-
-    def state_size(self, seq_len: int | None = None) -> int:
-        """H * N * P floats per sequence."""
-        return self.n_heads * self.d_state * self.head_dim
-
-    def init_cache(self, batch_size: int, max_length: int):
-        """{"state": [B, H, N, P], "conv": [B, W-1, H*P + 2N] (if conv)}, zeros."""
-        state = jnp.zeros((batch_size, self.n_heads, self.d_state, self.head_dim), jnp.float32)
-        return common.recurrent_cache(self.conv, batch_size, self.d_inner + 2 * self.d_state, state)
 
     def _split(self, u):
         """in_proj(u) split into (z or None, x, B, C, dt_raw)."""

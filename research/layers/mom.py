@@ -33,35 +33,27 @@ from research.config import ModelConfig
 from research.layers import common
 
 
-class MoM(nnx.Module):
+class MoM(common.Mixer):
     """Mixture-of-memories mixer. __call__(x [B, T, D]) -> (y [B, T, D], cache or None)."""
 
     name = "mom"
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        self.cfg = cfg
+        super().__init__(cfg)
         d, H = cfg.d_model, cfg.n_heads
-        self.n_heads = H
-        self.head_k, self.head_v = cfg.head_dims(self.name)
         self.num_memories, self.top_k = cfg.num_memories, cfg.memory_top_k
         self.n_mem = cfg.num_memories + int(cfg.shared_memory)  # M'
         self.feature = cfg.knob(self.name, "feature_map")
-        self.use_output_gate = cfg.knob(self.name, "use_output_gate")
         HK, HV, Mp = H * self.head_k, H * self.head_v, self.n_mem
         self.router = common.linear(cfg, d, cfg.num_memories, rngs=rngs, names=("embed", None))
-        self.q_proj = common.linear(cfg, d, HK, rngs=rngs)
-        self.k_proj = common.linear(cfg, d, Mp * HK, rngs=rngs)  # features ordered (H, M', K)
-        self.v_proj = common.linear(cfg, d, Mp * HV, rngs=rngs)  # (H, M', V)
+        # k, v features ordered (H, M', K) and (H, M', V)
+        self.add_qkv_projections(rngs, k_width=Mp * HK, v_width=Mp * HV)
         self.b_proj = common.linear(cfg, d, H * Mp, rngs=rngs)   # (H, M')
         self.a_proj = common.linear(cfg, d, H * Mp, rngs=rngs)
         self.A_log, self.dt_bias = common.mamba_decay_init(cfg, H * Mp, rngs)
         self.conv_channels = HK + Mp * (HK + HV)
-        self.conv = (common.ShortConv(self.conv_channels, cfg.conv_size, rngs=rngs)
-                     if cfg.conv_size else None)
-        if self.use_output_gate:
-            self.g_proj = common.linear(cfg, d, HV, rngs=rngs)
-        self.o_norm = common.RMSNorm(self.head_v, eps=cfg.norm_eps, name="kv")
-        self.o_proj = common.linear(cfg, HV, d, rngs=rngs, names=("heads", "embed"))
+        self.conv = common.short_conv(cfg, self.conv_channels, rngs=rngs)
+        self.add_output_block(rngs)
 
     def state_size(self, seq_len: int | None = None) -> int:
         """H * M' * K * V floats per sequence (M' = num_memories + shared_memory)."""
@@ -71,7 +63,7 @@ class MoM(nnx.Module):
         """{"state": [B, H * M', K, V], "conv": [B, W-1, HK + M'(HK + HV)] (if conv)}, zeros."""
         state = jnp.zeros((batch_size, self.n_heads * self.n_mem, self.head_k, self.head_v),
                           jnp.float32)
-        return common.recurrent_cache(self.conv, batch_size, self.conv_channels, state)
+        return common.recurrent_cache(self.conv, batch_size, state)
 
     def route(self, x):
         """(probabilities r [B, T, M], routed mask [B, T, M] bool, weights w [B, T, M]) for

@@ -144,7 +144,7 @@ class S4D(nnx.Module):
         N2 = cfg.d_state // 2
         self.use_output_gate = cfg.knob(self.name, "use_output_gate")
         self.in_proj = common.linear(cfg, d, E, rngs=rngs)
-        self.conv = common.ShortConv(E, cfg.conv_size, rngs=rngs) if cfg.conv_size else None
+        self.conv = common.short_conv(cfg, E, rngs=rngs)
         k_dt, k_c = jax.random.split(rngs.params())
         lo, hi = math.log(cfg.dt_min), math.log(cfg.dt_max)
         ax = lambda *n, shape: common.axes(*n, shape=shape)  # noqa: E731
@@ -166,7 +166,7 @@ class S4D(nnx.Module):
     def init_cache(self, batch_size: int, max_length: int):
         """{"state": float32 [B, E, N/2, 2] (h as real, imaginary), "conv": [B, W-1, E] (if conv)}."""
         state = jnp.zeros((batch_size, self.d_inner, self.d_state // 2, 2), F32)
-        return common.recurrent_cache(self.conv, batch_size, self.d_inner, state)
+        return common.recurrent_cache(self.conv, batch_size, state)
 
     def modes(self):
         """(dt A, C dB): complex64 [E, N/2] each (ZOH with B = 1)."""

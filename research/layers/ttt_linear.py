@@ -34,28 +34,18 @@ from research.layers import common
 F32 = jnp.float32
 
 
-class TTTLinear(nnx.Module):
+class TTTLinear(common.Mixer):
     """TTT-Linear mixer. __call__(x [B, T, D]) -> (y [B, T, D], cache or None)."""
 
     name = "ttt_linear"
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        self.cfg = cfg
-        d, H = cfg.d_model, cfg.n_heads
-        self.n_heads = H
-        self.head_k, self.head_v = cfg.head_dims(self.name)
+        super().__init__(cfg)
         self.mini_batch = cfg.ttt_mini_batch
-        self.use_output_gate = cfg.knob(self.name, "use_output_gate")
-        HK, HV = H * self.head_k, H * self.head_v
-        self.q_proj = common.linear(cfg, d, HK, rngs=rngs)
-        self.k_proj = common.linear(cfg, d, HK, rngs=rngs)
-        self.v_proj = common.linear(cfg, d, HV, rngs=rngs)
-        self.eta_proj = common.linear(cfg, d, H, rngs=rngs, bias=True)
-        self.conv = common.ShortConv(2 * HK + HV, cfg.conv_size, rngs=rngs) if cfg.conv_size else None
-        if self.use_output_gate:
-            self.g_proj = common.linear(cfg, d, HV, rngs=rngs)
-        self.o_norm = common.RMSNorm(self.head_v, eps=cfg.norm_eps, name="kv")
-        self.o_proj = common.linear(cfg, HV, d, rngs=rngs, names=("heads", "embed"))
+        self.add_qkv_projections(rngs)
+        self.eta_proj = common.linear(cfg, cfg.d_model, self.n_heads, rngs=rngs, bias=True)
+        self.conv = common.short_conv(cfg, self.n_heads * (2 * self.head_k + self.head_v), rngs=rngs)
+        self.add_output_block(rngs)
 
     def state_size(self, seq_len: int | None = None) -> int:
         """H * (K V + (b - 1)(K + V + 1)) floats per sequence: W and the partial mini-batch."""
@@ -66,18 +56,15 @@ class TTTLinear(nnx.Module):
         """{"state": W [B, H, K, V], "k": [B, b-1, H, K], "v": [B, b-1, H, V], "eta": [B, b-1, H],
         "fill": int32 [] (tokens of the current mini-batch so far), "conv": [B, W-1, 2HK+HV]}."""
         B, H, K, V, m = batch_size, self.n_heads, self.head_k, self.head_v, self.mini_batch - 1
-        cache = common.recurrent_cache(self.conv, B, H * (2 * K + V), jnp.zeros((B, H, K, V), F32))
+        cache = common.recurrent_cache(self.conv, B, jnp.zeros((B, H, K, V), F32))
         cache.update(k=jnp.zeros((B, m, H, K), F32), v=jnp.zeros((B, m, H, V), F32),
                      eta=jnp.zeros((B, m, H), F32), fill=jnp.zeros((), jnp.int32))
         return cache
 
     def inputs(self, x, *, segment_ids=None, cache=None):
         """q, k [B, T, H, K] (normalised), v [B, T, H, V], eta [B, T, H] float32, conv cache."""
-        H = self.n_heads
-        (q, k, v), conv_cache = common.conv_parts(
-            self.conv, [self.q_proj(x), self.k_proj(x), self.v_proj(x)],
-            segment_ids=segment_ids, cache=cache)
-        q, k, v = (common.split_heads(t, H) for t in (q, k, v))
+        (q, k, v), conv_cache = self.project_heads(x, (self.q_proj, self.k_proj, self.v_proj),
+                                                   segment_ids=segment_ids, cache=cache)
         q, k = common.l2_normalize(q), common.l2_normalize(k)
         eta = jax.nn.sigmoid(self.eta_proj(x).astype(F32)) * (self.cfg.ttt_base_lr / self.mini_batch)
         return q, k, v, eta, conv_cache

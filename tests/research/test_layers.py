@@ -1,10 +1,10 @@
 """Each mixer against a plain per-token recurrent re-implementation written here in numpy (float64),
 reading the layer's own parameters; with and without packed segments (state, conv and attention
-history reset at every change of segment id)."""
+history reset at every change of segment id). The numpy building blocks are in
+mixer_reference.py."""
 
 from __future__ import annotations
 
-import math
 import zlib
 
 import jax
@@ -13,86 +13,28 @@ import numpy as np
 import pytest
 from conftest import rel_rms
 from flax import nnx
+from mixer_reference import (
+    SEG,
+    B,
+    Conv,
+    D,
+    T,
+    arr,
+    fmap_after_conv,
+    gated_output,
+    l2n,
+    lin,
+    logsig,
+    per_token,
+    rms,
+    silu,
+    softmax,
+    softplus,
+    tiny_cfg,
+)
 
-from research import MIXERS, ModelConfig
+from research import MIXERS
 from research.layers import MIXER_CLASSES, common
-
-B, T, D = 2, 19, 32
-
-
-# ----------------------------------------------------------------------------- numpy helpers
-def arr(p):
-    return np.asarray(p[...], np.float64)
-
-
-def lin(m, x):
-    y = x @ arr(m.kernel)
-    return y + arr(m.bias) if m.bias is not None else y
-
-
-def silu(x):
-    return x / (1.0 + np.exp(-x))
-
-
-def logsig(x):
-    return -np.logaddexp(0.0, -x)
-
-
-def softplus(x):
-    return np.logaddexp(0.0, x)
-
-
-def rms(x, norm, eps):
-    return x / np.sqrt(np.mean(x * x, -1, keepdims=True) + eps) * arr(norm.scale)
-
-
-def l2n(x):
-    return x / np.sqrt(np.sum(x * x, -1, keepdims=True) + 1e-6)
-
-
-def softmax(x):
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
-def fmap(name, x):
-    if name == "identity":
-        return x
-    if name == "elu":
-        return np.where(x > 0, x + 1.0, np.exp(x))
-    if name == "relu":
-        return np.maximum(x, 0.0)
-    if name in ("silu", "swish"):
-        return silu(x)
-    if name == "softmax":
-        return softmax(x)
-    if name == "taylor":
-        d = x.shape[-1]
-        outer = (x[..., :, None] * x[..., None, :]).reshape(*x.shape[:-1], d * d)
-        return np.concatenate([np.ones(x.shape[:-1] + (1,)), x / d**0.25, outer / math.sqrt(2 * d)], -1)
-    raise AssertionError(name)
-
-
-def fmap_after_conv(name, x, has_conv):
-    return x if has_conv and name in ("silu", "swish") else fmap(name, x)
-
-
-class Conv:
-    """Streaming causal depthwise conv + SiLU with a buffer of the last W-1 inputs."""
-
-    def __init__(self, conv, channels):
-        self.w = None if conv is None else arr(conv.weight)
-        if self.w is not None:
-            self.buf = np.zeros((self.w.shape[0] - 1, channels))
-
-    def __call__(self, *parts):
-        u = np.concatenate(parts)
-        if self.w is None:
-            return parts
-        window = np.concatenate([self.buf, u[None]], 0)
-        self.buf = window[1:]
-        y = silu((window * self.w).sum(0))
-        return np.split(y, np.cumsum([p.size for p in parts])[:-1])
 
 
 def rope_np(x, t, theta):
@@ -104,16 +46,23 @@ def rope_np(x, t, theta):
 
 
 # ----------------------------------------------------------------------------- per-token mixers
+def conv_qkv(L, xt, st, v_feature="identity"):
+    """phi(conv(x W_q)), phi(conv(x W_k)) [H, K'] and v_feature(conv(x W_v)) [H, V] with the
+    streaming conv st["conv"] (phi = L.feature; the conv's SiLU is not repeated)."""
+    H, K, V = L.n_heads, L.head_k, L.head_v
+    q, k, v = st["conv"](lin(L.q_proj, xt), lin(L.k_proj, xt), lin(L.v_proj, xt))
+    has_conv = L.conv is not None
+    return (fmap_after_conv(L.feature, q.reshape(H, K), has_conv),
+            fmap_after_conv(L.feature, k.reshape(H, K), has_conv),
+            fmap_after_conv(v_feature, v.reshape(H, V), has_conv))
+
+
 def step_gla_family(L, xt, st, t):
     cfg, H = L.cfg, L.n_heads
     K, Kf, V = L.head_k, L.feat_k, L.head_v
     if "S" not in st:
         st["S"], st["conv"] = np.zeros((H, Kf, V)), Conv(L.conv, H * (2 * K + V))
-    q, k, v = st["conv"](lin(L.q_proj, xt), lin(L.k_proj, xt), lin(L.v_proj, xt))
-    has_conv = L.conv is not None
-    q = fmap_after_conv(L.feature, q.reshape(H, K), has_conv)
-    k = fmap_after_conv(L.feature, k.reshape(H, K), has_conv)
-    v = v.reshape(H, V)
+    q, k, v = conv_qkv(L, xt, st)
     norm = L.normalizer
     if L.decay == "vector":
         dec = np.exp(logsig(lin(L.gk_up, lin(L.gk_down, xt))).reshape(H, K) / norm)[:, :, None]
@@ -129,14 +78,11 @@ def step_gla_family(L, xt, st, t):
         dec = 1.0
     st["S"] = dec * st["S"] + k[:, :, None] * v[:, None, :]
     scale = 1.0 if L.feature == "taylor" else K**-0.5
-    o = rms(np.einsum("hkv,hk->hv", st["S"], q * scale), L.o_norm, cfg.norm_eps).reshape(-1)
-    if L.use_output_gate:
-        o = o * silu(lin(L.g_proj, xt))
-    return lin(L.o_proj, o)
+    return gated_output(L, np.einsum("hkv,hk->hv", st["S"], q * scale), xt)
 
 
 def step_hgrn2(L, xt, st, t):
-    cfg, H, K, V = L.cfg, L.n_heads, L.head_k, L.head_v
+    H, K, V = L.n_heads, L.head_k, L.head_v
     if "S" not in st:
         st["S"], st["conv"] = np.zeros((H, K, V)), Conv(L.conv, H * (K + V))
     q, i = st["conv"](lin(L.q_proj, xt), lin(L.i_proj, xt))
@@ -144,42 +90,28 @@ def step_hgrn2(L, xt, st, t):
     g = logsig(lin(L.f_proj, xt)).reshape(H, K)
     k = 1.0 - np.exp(g)
     st["S"] = np.exp(g)[:, :, None] * st["S"] + k[:, :, None] * i.reshape(H, V)[:, None, :]
-    o = rms(np.einsum("hkv,hk->hv", st["S"], q), L.o_norm, cfg.norm_eps).reshape(-1)
-    if L.use_output_gate:
-        o = o * silu(lin(L.g_proj, xt))
-    return lin(L.o_proj, o)
+    return gated_output(L, np.einsum("hkv,hk->hv", st["S"], q), xt)
 
 
 def step_gsa(L, xt, st, t):
-    cfg, H, K, V, M = L.cfg, L.n_heads, L.head_k, L.head_v, L.num_slots
+    H, K, V, M = L.n_heads, L.head_k, L.head_v, L.num_slots
     if "A" not in st:
         st["A"], st["B"] = np.zeros((H, L.feat_k, M)), np.zeros((H, M, V))
         st["conv"] = Conv(L.conv, H * (2 * K + V))
-    q, k, v = st["conv"](lin(L.q_proj, xt), lin(L.k_proj, xt), lin(L.v_proj, xt))
-    has_conv = L.conv is not None
-    q = fmap_after_conv(L.feature, q.reshape(H, K), has_conv)
-    k = fmap_after_conv(L.feature, k.reshape(H, K), has_conv)
-    v = fmap_after_conv("silu", v.reshape(H, V), has_conv)
+    q, k, v = conv_qkv(L, xt, st, "silu")
     g = (logsig(lin(L.f_proj, xt)) / L.normalizer).reshape(H, M)
     s = 1.0 - np.exp(g)
     st["A"] = st["A"] * np.exp(g)[:, None, :] + k[:, :, None] * s[:, None, :]
     st["B"] = np.exp(g)[:, :, None] * st["B"] + s[:, :, None] * v[:, None, :]
     p = softmax(np.einsum("hkm,hk->hm", st["A"], q * K**-0.5))
-    o = rms(np.einsum("hmv,hm->hv", st["B"], p), L.o_norm, cfg.norm_eps).reshape(-1)
-    if L.use_output_gate:
-        o = o * silu(lin(L.g_proj, xt))
-    return lin(L.o_proj, o)
+    return gated_output(L, np.einsum("hmv,hm->hv", st["B"], p), xt)
 
 
 def step_delta(L, xt, st, t):
     cfg, H, K, V = L.cfg, L.n_heads, L.head_k, L.head_v
     if "S" not in st:
         st["S"], st["conv"] = np.zeros((H, K, V)), Conv(L.conv, H * (2 * K + V))
-    q, k, v = st["conv"](lin(L.q_proj, xt), lin(L.k_proj, xt), lin(L.v_proj, xt))
-    has_conv = L.conv is not None
-    q = fmap_after_conv(L.feature, q.reshape(H, K), has_conv)
-    k = fmap_after_conv(L.feature, k.reshape(H, K), has_conv)
-    v = fmap_after_conv("silu", v.reshape(H, V), has_conv)
+    q, k, v = conv_qkv(L, xt, st, "silu")
     if cfg.qk_norm == "l2":
         q, k = l2n(q), l2n(k)
     beta = 1.0 / (1.0 + np.exp(-lin(L.b_proj, xt))) if cfg.use_beta else np.ones(H)
@@ -189,10 +121,7 @@ def step_delta(L, xt, st, t):
         S = np.exp(g)[:, None, None] * S
     pred = np.einsum("hkv,hk->hv", S, k)
     st["S"] = S + beta[:, None, None] * k[:, :, None] * (v - pred)[:, None, :]
-    o = rms(np.einsum("hkv,hk->hv", st["S"], q * K**-0.5), L.o_norm, cfg.norm_eps).reshape(-1)
-    if L.use_output_gate:
-        o = o * silu(lin(L.g_proj, xt))
-    return lin(L.o_proj, o)
+    return gated_output(L, np.einsum("hkv,hk->hv", st["S"], q * K**-0.5), xt)
 
 
 def step_mamba2(L, xt, st, t):
@@ -240,27 +169,7 @@ STEPS = {
 }
 
 
-def per_token(L, x, seg):
-    """The mixer run token by token; the state starts afresh at every change of segment id."""
-    x = np.asarray(x, np.float64)
-    out = np.zeros_like(x)
-    for b in range(x.shape[0]):
-        st = {}
-        for t in range(x.shape[1]):
-            if t > 0 and seg[b, t] != seg[b, t - 1]:
-                st = {}
-            out[b, t] = STEPS[L.name](L, x[b, t], st, t)
-    return out
-
-
 # ----------------------------------------------------------------------------- tests
-def tiny_cfg(mixer, **kw):
-    base = dict(mixer=mixer, vocab_size=64, d_model=D, n_layers=1, n_heads=2, conv_size=3,
-                num_slots=8, d_state=8, window_size=5, gate_low_rank_dim=4, chunk_size=8)
-    base.update(kw)
-    return ModelConfig(**base)
-
-
 # Mixers with their own per-token tests (test_new_mixers.py, test_ssm_mixers.py) are not in STEPS.
 VARIANTS = [(m, {}) for m in MIXERS if m in STEPS] + [
     ("gla", dict(decay="scalar", init_half_life=8.0)),
@@ -281,15 +190,15 @@ def test_mixer_matches_per_token_recurrence(mixer, kw):
     cfg = tiny_cfg(mixer, **kw)
     layer = MIXER_CLASSES[mixer](cfg, rngs=nnx.Rngs(zlib.crc32(f"{mixer}{kw}".encode()) % 1000))
     x = jax.random.normal(jax.random.key(len(kw) + 7), (B, T, D), jnp.float32)
-    seg = np.array([[0] * 6 + [1] * 9 + [2] * 4, [5] * T], np.int32)
+    step = STEPS[mixer]
 
     if not kw:  # the path without segment_ids, once per mixer (it is also covered in test_model)
         y, cache = layer(x)
         assert cache is None and y.shape == (B, T, D) and y.dtype == jnp.float32
-        assert rel_rms(y, per_token(layer, x, np.zeros((B, T)))) < 1e-4
+        assert rel_rms(y, per_token(step, layer, x, np.zeros((B, T)))) < 1e-4
 
-    y_seg, _ = layer(x, segment_ids=jnp.asarray(seg))
-    assert rel_rms(y_seg, per_token(layer, x, seg)) < 1e-4
+    y_seg, _ = layer(x, segment_ids=jnp.asarray(SEG))
+    assert rel_rms(y_seg, per_token(step, layer, x, SEG)) < 1e-4
 
 
 @pytest.mark.parametrize("mixer", ["gla", "gated_deltanet", "gsa"])
@@ -311,7 +220,7 @@ def test_short_conv_resets_at_segments_and_streams():
     y0, _ = conv(x[:, :4])
     y1, _ = conv(x[:, 4:])
     np.testing.assert_allclose(y, jnp.concatenate([y0, y1], 1), rtol=1e-6, atol=1e-6)
-    cache = conv.init_cache(1, 6)
+    cache = conv.init_cache(1)
     parts = []
     for a, b in ((0, 3), (3, 4), (4, 10)):
         out, cache = conv(x[:, a:b], cache=cache)

@@ -12,41 +12,33 @@ import numpy as np
 import pytest
 from conftest import rel_rms
 from flax import nnx
-from test_layers import Conv, arr, l2n, lin, rms, silu, softplus, tiny_cfg
+from mixer_reference import (
+    SEG,
+    B,
+    Conv,
+    D,
+    T,
+    arr,
+    check_layer,
+    gated_output,
+    l2n,
+    lin,
+    per_token,
+    sigmoid,
+    silu,
+    softplus,
+    tiny_cfg,
+)
 
 import research
 from research.layers import MIXER_CLASSES
 from research.layers.ngram import NGram
-
-B, T, D = 2, 19, 32
-SEG = np.array([[0] * 6 + [1] * 9 + [2] * 4, [5] * T], np.int32)
-
-
-def per_token(step, L, x, seg, **kw):
-    """`step(L, x_t, state, t, **kw)` over every row and token, the state restarting at every
-    change of segment id."""
-    x = np.asarray(x, np.float64)
-    out = np.zeros(x.shape[:2] + (L.cfg.d_model,))
-    for b in range(x.shape[0]):
-        st = {}
-        for t in range(x.shape[1]):
-            if t > 0 and seg[b, t] != seg[b, t - 1]:
-                st = {}
-            out[b, t] = step(L, x[b, t], st, t, **{k: v[b] for k, v in kw.items()})
-    return out
 
 
 @nnx.jit
 def jit_call(module, *args, **kw):
     """module(*args, **kw), compiled (the eager op-by-op path is slow on a busy CPU)."""
     return module(*args, **kw)
-
-
-def gated_output(L, o, xt):
-    o = rms(o, L.o_norm, L.cfg.norm_eps).reshape(-1)
-    if L.use_output_gate:
-        o = o * silu(lin(L.g_proj, xt))
-    return lin(L.o_proj, o)
 
 
 # ----------------------------------------------------------------------------- LightNet
@@ -65,11 +57,7 @@ def step_lightnet(L, xt, st, t):
 @pytest.mark.parametrize("kw", [{}, dict(conv_size=0, use_output_gate=False)])
 def test_lightnet_matches_per_token_recurrence(kw):
     layer = MIXER_CLASSES["lightnet"](tiny_cfg("lightnet", **kw), rngs=nnx.Rngs(3))
-    x = jax.random.normal(jax.random.key(1), (B, T, D))
-    y, _ = jit_call(layer, x)
-    assert rel_rms(y, per_token(step_lightnet, layer, x, np.zeros((B, T)))) < 1e-4
-    y_seg, _ = jit_call(layer, x, segment_ids=jnp.asarray(SEG))
-    assert rel_rms(y_seg, per_token(step_lightnet, layer, x, SEG)) < 1e-4
+    check_layer(layer, step_lightnet, jax.random.normal(jax.random.key(1), (B, T, D)))
     assert layer.state_size() == 2 * 16 * (16 + 1)
 
 
@@ -91,10 +79,6 @@ def test_lightnet_stays_finite_at_long_lengths(n):
 
 
 # ----------------------------------------------------------------------------- Mixture-of-Memories
-def sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
-
-
 def np_softmax(x):
     e = np.exp(x - x.max())
     return e / e.sum()
@@ -134,11 +118,7 @@ def step_mom(L, xt, st, t):
                                          memory_top_k=1, use_output_gate=False)])
 def test_mom_matches_per_token_recurrence(kw):
     layer = MIXER_CLASSES["mom"](tiny_cfg("mom", expand_v=0.5, **kw), rngs=nnx.Rngs(5))
-    x = jax.random.normal(jax.random.key(2), (B, T, D))
-    y, _ = jit_call(layer, x)
-    assert rel_rms(y, per_token(step_mom, layer, x, np.zeros((B, T)))) < 1e-4
-    y_seg, _ = jit_call(layer, x, segment_ids=jnp.asarray(SEG))
-    assert rel_rms(y_seg, per_token(step_mom, layer, x, SEG)) < 1e-4
+    check_layer(layer, step_mom, jax.random.normal(jax.random.key(2), (B, T, D)))
     M = layer.n_mem
     assert layer.state_size() == 2 * M * 16 * 8
 
@@ -193,8 +173,7 @@ def jrt_reference(L, x, seg, prefix):
                 S = np.zeros((H, K, V))
             if not in_prefix[t]:
                 S = S + np.einsum("hk,hv->hkv", k, v)
-            o = rms(np.einsum("hkv,hk->hv", S, q * K**-0.5), L.o_norm, L.cfg.norm_eps).reshape(-1)
-            out[b, t] = lin(L.o_proj, o)
+            out[b, t] = gated_output(L, np.einsum("hkv,hk->hv", S, q * K**-0.5), x[b, t])
     return out
 
 

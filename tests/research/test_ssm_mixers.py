@@ -12,23 +12,33 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import rel_rms
 from flax import nnx
-from test_layers import Conv, arr, lin, rel_rms, rms, silu, softplus, tiny_cfg
+from mixer_reference import (
+    B,
+    Conv,
+    D,
+    T,
+    arr,
+    check_decode,
+    check_layer,
+    l2n,
+    lin,
+    rms,
+    sigmoid,
+    silu,
+    softplus,
+    tiny_cfg,
+)
 
 from research.layers import MIXER_CLASSES
 from research.layers.s4d import chunked_ssm, fft_conv, s4d_imag_init, ssm_kernel
 
-B, T, D = 2, 19, 32
-SEG = np.array([[0] * 6 + [1] * 9 + [2] * 4, [5] * T], np.int32)
 _erf = np.vectorize(math.erf)
 
 
 def gelu(x):
     return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
-
-
-def sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
 
 
 def crel(a, b):
@@ -37,52 +47,8 @@ def crel(a, b):
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-def per_token(step, L, x, seg):
-    """`step(L, x_t, state)` over every row and token, the state restarting at every change of
-    segment id."""
-    x = np.asarray(x, np.float64)
-    out = np.zeros(x.shape[:2] + (L.cfg.d_model,))
-    for b in range(x.shape[0]):
-        st = {}
-        for t in range(x.shape[1]):
-            if t > 0 and seg[b, t] != seg[b, t - 1]:
-                st = {}
-            out[b, t] = step(L, x[b, t], st)
-    return out
-
-
-def jitted(L):
-    """(forward(x, segment_ids), step(x, cache)) of layer L, jitted (one compile per shape)."""
-    graphdef, state = nnx.split(L)
-    fwd = jax.jit(lambda st, x, seg: nnx.merge(graphdef, st)(x, segment_ids=seg))
-    step = jax.jit(lambda st, x, cache: nnx.merge(graphdef, st)(x, cache=cache))
-    return (lambda x, seg=None: fwd(state, x, seg)), (lambda x, cache: step(state, x, cache))
-
-
-def check_layer(L, step, x, *, tol=1e-4):
-    """Full pass (no segments) and packed pass (SEG) against the per-token recurrence."""
-    fwd, _ = jitted(L)
-    y, cache = fwd(x)
-    assert cache is None and y.shape == x.shape and y.dtype == jnp.float32
-    assert rel_rms(y, per_token(step, L, x, np.zeros((B, T)))) < tol
-    y_seg, _ = fwd(x, jnp.asarray(SEG))
-    assert rel_rms(y_seg, per_token(step, L, x, SEG)) < tol
-
-
-def check_decode(L, x, splits=((0, 7), (7, 8), (8, 13), (13, T))):
-    """Prefill / decode through the layer's cache equals the full pass."""
-    fwd, step = jitted(L)
-    cache = L.init_cache(B, T)
-    outs = []
-    for a, b in splits:
-        y, cache = step(x[:, a:b], cache)
-        outs.append(y)
-    assert rel_rms(jnp.concatenate(outs, 1), fwd(x)[0]) < 1e-4
-    return cache
-
-
 # ----------------------------------------------------------------------------- S4D
-def step_s4d(L, xt, st):
+def step_s4d(L, xt, st, t):
     E, N2 = L.d_inner, L.d_state // 2
     if "h" not in st:
         st["h"], st["conv"] = np.zeros((E, N2), np.complex128), Conv(L.conv, E)
@@ -108,9 +74,7 @@ S4D_VARIANTS = [dict(), dict(s4d_init="inv", conv_size=0, use_output_gate=False)
 @pytest.mark.parametrize("kw", S4D_VARIANTS, ids=["lin-conv", "inv", "wide"])
 def test_s4d_matches_per_token_recurrence(kw):
     L = MIXER_CLASSES["s4d"](tiny_cfg("s4d", **kw), rngs=nnx.Rngs(4))
-    x = jax.random.normal(jax.random.key(2), (B, T, D))
-    check_layer(L, step_s4d, x)
-    check_decode(L, x)
+    check_layer(L, step_s4d, jax.random.normal(jax.random.key(2), (B, T, D)), decode=True)
 
 
 def test_s4d_fft_convolution_equals_the_recurrence():
@@ -147,7 +111,7 @@ def test_s4d_inits_and_state_size():
 
 
 # ----------------------------------------------------------------------------- Mamba
-def step_mamba(L, xt, st):
+def step_mamba(L, xt, st, t):
     E, N, R = L.d_inner, L.d_state, L.dt_rank
     if "h" not in st:
         st["h"], st["conv"] = np.zeros((N, E)), Conv(L.conv, E)
@@ -173,9 +137,7 @@ MAMBA_VARIANTS = [dict(), pytest.param(dict(conv_size=0, use_output_gate=False, 
 @pytest.mark.parametrize("kw", MAMBA_VARIANTS, ids=["default", "no-conv-4-heads", "strong-decay"])
 def test_mamba_matches_per_token_recurrence(kw):
     L = MIXER_CLASSES["mamba"](tiny_cfg("mamba", **kw), rngs=nnx.Rngs(5))
-    x = jax.random.normal(jax.random.key(3), (B, T, D))
-    check_layer(L, step_mamba, x)
-    check_decode(L, x)
+    check_layer(L, step_mamba, jax.random.normal(jax.random.key(3), (B, T, D)), decode=True)
 
 
 def test_mamba_reference_path_and_state_size():
@@ -191,11 +153,7 @@ def test_mamba_reference_path_and_state_size():
 
 
 # ----------------------------------------------------------------------------- TTT-Linear
-def l2n(x):
-    return x / np.sqrt(np.sum(x * x, -1, keepdims=True) + 1e-6)
-
-
-def step_ttt(L, xt, st):
+def step_ttt(L, xt, st, t):
     cfg, H, K, V, b = L.cfg, L.n_heads, L.head_k, L.head_v, L.mini_batch
     if "W" not in st:
         st["W"], st["W0"], st["r"] = np.zeros((H, K, V)), np.zeros((H, K, V)), 0
