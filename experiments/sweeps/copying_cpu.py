@@ -70,6 +70,13 @@ def compare(rows, vocab=VOCAB, recurrent=("gla",), attention="attention", floor=
              "scores lower than the previous by more than the seed spread, every point above "
              "chance):", "",
              _F["falls_table"](rows, "copy_len", chance=chance, models=list(recurrent)), ""]
+    lens = sorted({r["copy_len"] for r in rows if r.get("copy_len") is not None})
+    if len(lens) >= 2:
+        by_len = [{**r, "copy_len": str(r["copy_len"])} for r in rows
+                  if r.get("mixer") in recurrent]
+        lines += ["The shortest against the longest string alone, by the same rule:", "",
+                  _F["judge_pairs"](by_len, [(str(lens[0]), str(lens[-1]))], chance=chance,
+                                    group="copy_len", by="mixer", label="mixer"), ""]
     verdict, text = _F["floor_check"](rows, attention, floor, axis="copy_len")
     lines += [f"(2) Attention does not fall (every run >= {floor}): **{verdict}** — {text}.",
               "", "(3) Attention against the recurrent model at each length:", "",
