@@ -18,7 +18,10 @@ lockfile across processes).
 
 Defaults: bf16 compute (`model.dtype=bfloat16`, `train.compute_dtype=bfloat16`), AdamW, the
 batch [per-chip-batch x chips, seq-len] int32 tokens / targets, bool loss mask and int32 segment
-ids (as the packed text pipeline gives; `--no-segment-ids` leaves them out). `--topology` takes a
+ids (as the packed text pipeline gives; `--no-segment-ids` leaves them out). For the large
+presets (`*-340m`, `*-1.3b`) also `LARGE_PRESET_TRAIN`: the chunked cross-entropy
+(`train.loss_chunk_size=512`) and `train.remat_policy=save_dots_and_kernels` (the table's remat
+column names them). `--topology` takes a
 name from `TOPOLOGIES` (e.g. `v5p-8`: 8 chips, `v5p:2x2x2`) or a raw `get_topology_desc` string
 such as `v5p:2x2x4` or `v5e:2x2`. `--mesh` names the mesh axes `data`, `fsdp`, `sequence`,
 `tensor` (`fsdp=2,sequence=4`); `data` defaults to the chips left over.
@@ -85,10 +88,19 @@ def parse_mesh(text: str) -> dict[str, int]:
     return out
 
 
+# Memory settings of the trainer for the large model presets (research.PRESETS names ending in
+# these): the cross-entropy over chunks of 512 positions (the [B, T, vocab] float32 logits are
+# the largest buffers otherwise) and blocks that keep only matmul and Pallas-kernel outputs for
+# the backward. Overrides (`train.loss_chunk_size=0 train.remat_policy=none`) turn them off.
+LARGE_PRESET_SUFFIXES = ("-340m", "-1.3b")
+LARGE_PRESET_TRAIN = {"loss_chunk_size": 512, "remat_policy": "save_dots_and_kernels"}
+
+
 def build_config(preset: str, seq_len: int, batch_size: int, overrides: Sequence[str],
                  mesh_shape: dict[str, int]):
     """The training Config: model preset `preset` (research.PRESETS) in bf16, the batch, the mesh
-    sizes, then `overrides` (section.field=value)."""
+    sizes (with `LARGE_PRESET_TRAIN` for the large presets), then `overrides`
+    (section.field=value)."""
     import dataclasses
 
     import research
@@ -96,8 +108,9 @@ def build_config(preset: str, seq_len: int, batch_size: int, overrides: Sequence
     model = research.get_preset(preset).replace(dtype="bfloat16")
     fields = {f.name for f in dataclasses.fields(MeshConfig)}
     mesh_kw = {k: v for k, v in mesh_shape.items() if k in fields}
+    large = LARGE_PRESET_TRAIN if preset.endswith(LARGE_PRESET_SUFFIXES) else {}
     cfg = Config(model=model, data=DataConfig(seq_len=seq_len, batch_size=batch_size),
-                 train=TrainConfig(steps=1000, compute_dtype="bfloat16", progress=False),
+                 train=TrainConfig(steps=1000, compute_dtype="bfloat16", progress=False, **large),
                  mesh=MeshConfig(**mesh_kw))
     return cfg.override(*overrides) if overrides else cfg
 
@@ -161,9 +174,14 @@ def analyse(compiled, n_chips: int, hbm_gib: float) -> dict[str, Any]:
 def table_row(rec: dict[str, Any]) -> str:
     """One markdown row of the AOT table for a JSON record of `main`."""
     mesh = "x".join(f"{k}={v}" for k, v in rec["mesh"].items() if v != 1) or "1 chip"
+    remat = str(rec["remat"])
+    if not rec["remat"] and rec.get("remat_policy", "none") != "none":
+        remat += f"; {rec['remat_policy']}"
+    if rec.get("loss_chunk_size"):
+        remat += f"; loss chunk {rec['loss_chunk_size']}"
     fits = "yes" if rec["fits"] else "**no**"
     return (f"| {rec['preset']} | {rec['topology']} | {mesh} | "
-            f"{rec['per_chip_batch']} x {rec['seq_len']} | {rec['impl']} | {rec['remat']} | "
+            f"{rec['per_chip_batch']} x {rec['seq_len']} | {rec['impl']} | {remat} | "
             f"{rec['arguments_gib']:.2f} | {rec['temporaries_gib']:.2f} | "
             f"{rec['outputs_gib']:.2f} | {rec['total_gib']:.2f} | {fits} of {rec['hbm_gib']:g} | "
             f"{rec['flops_per_chip'] / 1e12:.1f} | {rec['compile_s']:.0f} | "
@@ -247,7 +265,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     command = re.sub(r" --(write|out)[ =]\S+", "", command)
     print(f"aot_compile: {args.preset} on {args.topology} ({topo_name}, {n} chips, "
           f"{devices[0].device_kind}), mesh {dict(mesh.shape)}, batch {batch_size} x "
-          f"{args.seq_len}, impl={config.model.impl}, remat={config.model.remat}", flush=True)
+          f"{args.seq_len}, impl={config.model.impl}, remat={config.model.remat}, "
+          f"train.remat_policy={config.train.remat_policy}, "
+          f"train.loss_chunk_size={config.train.loss_chunk_size}", flush=True)
     t0 = time.time()
     compiled = compile_train_step(config, mesh, batch)
     compile_s = time.time() - t0
@@ -255,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
            "mesh": dict(mesh.shape), "seq_len": args.seq_len,
            "per_chip_batch": args.per_chip_batch, "global_batch": batch_size,
            "impl": config.model.impl, "remat": config.model.remat,
+           "remat_policy": config.train.remat_policy,
+           "loss_chunk_size": config.train.loss_chunk_size,
            "segment_ids": not args.no_segment_ids, "overrides": list(args.overrides),
            "compile_s": compile_s, "command": command, "jax": jax.__version__,
            "libtpu": _libtpu_version(),

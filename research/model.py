@@ -3,7 +3,7 @@
     x = embed(tokens)                                    [B, T, D]
     for each n in ngram_layers:  x = x + ngram_n(tokens)      (static n-gram layers, if any)
     for each layer:  x = x + mixer(norm(x));  x = x + mlp(norm(x))
-    logits = head(norm(x))                               [B, T, L]   (float32)
+    logits = head(norm(x))                               [B, T, vocab]   (float32)
 
 Decode: `cache = model.init_cache(B, S)`, then `logits, cache = model(tokens_chunk, cache=cache)`
 for chunks of any length n (prefill) or n = 1; the outputs equal the full pass.
@@ -12,6 +12,11 @@ for chunks of any length n (prefill) or n = 1; the outputs equal the full pass.
 prefix-attention mixers (`jrt`) read non-causally; other mixers ignore it. `return_aux=True`
 also returns {"aux_loss": float32 []}: the sum over layers of `router_aux_weight` times each
 routed mixer's (`mom`) load-balancing loss, which the training loss adds.
+
+`return_hidden=True` returns h = norm(x) [B, T, D] (the final norm's output, in the compute
+dtype) in place of the logits, and `model.logits(h)` applies the head to any slice of it: the
+trainer's chunked cross-entropy (`train.loss_chunk_size`) computes the logits one chunk of T at a
+time so that the [B, T, vocab] array is never whole.
 """
 
 from __future__ import annotations
@@ -55,6 +60,20 @@ def _block_forward(block: Block, x, segment_ids, prefix_length=None):
     return block(x, segment_ids=segment_ids, prefix_length=prefix_length)[0]
 
 
+_SAVED_PRIMITIVES = frozenset({"dot_general", "pallas_call"})
+
+
+def save_dots_and_kernels(prim, *_, **__) -> bool:
+    """A `jax.checkpoint` policy: keep the outputs of matmuls and Pallas kernels (the kernels'
+    residuals among them) for the backward and recompute everything else there: norms, the short
+    conv, activations, casts to float32 and layout copies, which are cheap to redo but, saved,
+    cost several [B, T, D]-sized buffers per layer."""
+    return prim.name in _SAVED_PRIMITIVES
+
+
+REMAT_POLICIES = {"none": None, "save_dots_and_kernels": save_dots_and_kernels}
+
+
 class LanguageModel(nnx.Module):
     """Causal language model over `config.layer_mixers()`.
 
@@ -84,14 +103,19 @@ class LanguageModel(nnx.Module):
 
     # ------------------------------------------------------------------ forward
     def __call__(self, tokens, segment_ids=None, cache=None, prefix_length=None,
-                 return_aux: bool = False):
+                 return_aux: bool = False, return_hidden: bool = False, remat_policy=None):
         """tokens: int [B, T]; segment_ids: int [B, T] or None (packed sequences: no state, conv or
         attention crosses a change of id); cache: from `init_cache` or None; prefix_length: int
         [B] or None (see the module docstring; with a cache, the prefix must lie in this call or
-        an earlier one); return_aux: also return the auxiliary losses (not with a cache).
+        an earlier one); return_aux: also return the auxiliary losses (not with a cache);
+        return_hidden: return the final norm's output h [B, T, D] instead of the logits
+        (`logits(h)` gives them; not with a cache); remat_policy: a `jax.checkpoint` policy
+        (e.g. `save_dots_and_kernels`) that each block is checkpointed with, so that what it
+        does not save is recomputed in the backward; None: `config.remat` decides (every block
+        recomputed whole, or nothing).
 
         Returns float32 logits [B, T, vocab]; with a cache, (logits, new cache); with return_aux,
-        (logits, {"aux_loss": float32 []}).
+        (logits, {"aux_loss": float32 []}); with return_hidden, h in place of the logits.
         """
         tokens = jnp.asarray(tokens)
         if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
@@ -113,6 +137,9 @@ class LanguageModel(nnx.Module):
             prefix_length = prefix_length.astype(jnp.int32)
         if return_aux and cache is not None:
             raise ValueError("return_aux and cache cannot be combined: aux losses are for training")
+        if return_hidden and cache is not None:
+            raise ValueError("return_hidden and cache cannot be combined: the hidden states are "
+                             "for the training loss")
         x = self.embed(tokens)
         if cache is None:
             for ngram in self.ngrams:
@@ -121,11 +148,15 @@ class LanguageModel(nnx.Module):
             for block in self.blocks:
                 if return_aux:
                     aux = aux + self.config.router_aux_weight * block.aux_loss(x, segment_ids)
-                if self.config.remat:
+                if remat_policy is not None:
+                    x = nnx.remat(_block_forward, policy=remat_policy)(block, x, segment_ids,
+                                                                       prefix_length)
+                elif self.config.remat:
                     x = nnx.remat(_block_forward)(block, x, segment_ids, prefix_length)
                 else:
                     x = _block_forward(block, x, segment_ids, prefix_length)
-            return (self._logits(x), {"aux_loss": aux}) if return_aux else self._logits(x)
+            out = self.final_norm(x) if return_hidden else self._logits(x)
+            return (out, {"aux_loss": aux}) if return_aux else out
         self._check_cache(cache, B, T)
         pos = cache["pos"]
         new_cache = {"pos": pos + T, "layers": []}
@@ -141,11 +172,15 @@ class LanguageModel(nnx.Module):
         return self._logits(x), new_cache
 
     def _logits(self, x):
-        x = self.final_norm(x)
+        return self.logits(self.final_norm(x))
+
+    def logits(self, h):
+        """The head on h [..., D] (the final norm's output, `return_hidden=True`): float32
+        logits [..., vocab]."""
         if self.config.tie_embeddings:
-            logits = self.embed.attend(x)
+            logits = self.embed.attend(h)
         else:
-            logits = self.lm_head(x)
+            logits = self.lm_head(h)
         return logits.astype(jnp.float32)
 
     def _check_cache(self, cache, batch_size: int, n_new: int) -> None:

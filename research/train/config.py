@@ -169,6 +169,16 @@ class TrainConfig:
       target_accuracy: if set, `run` reports whether the final eval/accuracy reached it.
       stop_at_target: stop (with a checkpoint) at the first evaluation whose accuracy reaches
         `target_accuracy`; a rerun then has nothing left to train.
+      loss_chunk_size: tokens along T per chunk of the cross-entropy (0: off, the whole
+        [B, T, vocab] logits at once). With n > 0 the head, log-softmax and argmax run over
+        chunks of n positions in a rematerialised scan, so only one chunk's logits [B, n, vocab]
+        are alive in the forward and the backward; loss, accuracy and gradients are the same (T
+        need not be a multiple of n: the last chunk is padded and masked out).
+      remat_policy: what each block keeps for the backward when `model.remat` is false:
+        "none" (whatever XLA keeps) or "save_dots_and_kernels" (only matmul and Pallas-kernel
+        outputs; norms, the short conv, activations and float32 casts are recomputed in the
+        backward: less memory for a little more compute). Ignored with `model.remat=true`,
+        which recomputes every block whole.
     """
 
     steps: int = 1000
@@ -180,6 +190,8 @@ class TrainConfig:
     progress: bool = True
     target_accuracy: float | None = None
     stop_at_target: bool = False
+    loss_chunk_size: int = 0
+    remat_policy: str = "none"
 
     def __post_init__(self):
         check_int("train.steps", self.steps, 1)
@@ -191,6 +203,8 @@ class TrainConfig:
         check_bool("train.progress", self.progress)
         check_number("train.target_accuracy", self.target_accuracy, 0.0, 1.0, optional=True)
         check_bool("train.stop_at_target", self.stop_at_target)
+        check_int("train.loss_chunk_size", self.loss_chunk_size, 0)
+        check_choice("train.remat_policy", self.remat_policy, ("none", "save_dots_and_kernels"))
         if self.stop_at_target and self.target_accuracy is None:
             raise ValueError("train.stop_at_target needs train.target_accuracy, got None")
 

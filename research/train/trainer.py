@@ -47,7 +47,7 @@ from jax.experimental import multihost_utils
 from research.config import ModelConfig
 from research.data.loader import eval_batches, train_dataset
 from research.data.sources import build_sources
-from research.model import LanguageModel
+from research.model import REMAT_POLICIES, LanguageModel
 from research.train.checkpoint import Checkpointer
 from research.train.config import Config, MeshConfig, config_to_dict, load_config, save_config
 from research.train.metrics import MetricsWriter, truncate_metrics
@@ -157,26 +157,89 @@ def _setup(config: Config, mesh) -> _Setup:
 # Loss and steps.
 
 
-def _masked_sums(graphdef, abs_params, params, rest, batch, compute_dtype):
+def _masked_sums(graphdef, abs_params, params, rest, batch, compute_dtype, loss_chunk_size=0,
+                 remat_policy=None):
     """(sum of masked NLL, number of masked tokens, number correct, aux loss x tokens) for one
     batch; the aux loss is the model's (mom's load balancing, 0 for most models), weighted by
-    the batch's masked tokens so that sums over micro-batches divide like the NLL."""
+    the batch's masked tokens so that sums over micro-batches divide like the NLL.
+    `remat_policy` goes to the model (`LanguageModel.__call__`).
+
+    loss_chunk_size > 0: the head and the cross-entropy run over chunks of that many positions
+    (`_chunked_token_sums`), so the [b, T, vocab] logits are never whole."""
+    full = params
     if compute_dtype != jnp.float32:
         params = jax.tree.map(
             lambda p: p.astype(compute_dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p,
             params)
     model = nnx.merge(graphdef, _as_state(abs_params, params), rest)
-    kwargs = {}
+    kwargs = {} if remat_policy is None else {"remat_policy": remat_policy}
     for key in ("segment_ids", "prefix_length"):
         if key in batch:
             kwargs[key] = batch[key]
-    logits, aux = model(batch["tokens"], return_aux=True, **kwargs)
-    logits = logits.astype(jnp.float32)  # [b, T, vocab]
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    nll = -jnp.take_along_axis(logp, batch["targets"][..., None], axis=-1)[..., 0]  # [b, T]
     mask = batch["loss_mask"].astype(jnp.float32)
-    correct = (jnp.argmax(logits, axis=-1) == batch["targets"]).astype(jnp.float32) * mask
-    return (nll * mask).sum(), mask.sum(), correct.sum(), aux["aux_loss"] * mask.sum()
+    if loss_chunk_size:
+        h, aux = model(batch["tokens"], return_aux=True, return_hidden=True, **kwargs)
+        nll_sum, correct_sum = _chunked_token_sums(
+            graphdef, abs_params, rest, _head_params(full, params), h, batch["targets"], mask,
+            compute_dtype, loss_chunk_size)
+        return nll_sum, mask.sum(), correct_sum, aux["aux_loss"] * mask.sum()
+    logits, aux = model(batch["tokens"], return_aux=True, **kwargs)
+    nll, correct = _token_nll_correct(logits, batch["targets"])
+    return (nll * mask).sum(), mask.sum(), (correct * mask).sum(), aux["aux_loss"] * mask.sum()
+
+
+def _token_nll_correct(logits, targets):
+    """NLL and correctness (float32 [..., T]) of `targets` under `logits` [..., T, vocab]."""
+    logits = logits.astype(jnp.float32)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    return nll, correct
+
+
+def _head_params(full, cast):
+    """The params for the loss head: `cast` (the compute-dtype copy) with the head's weight
+    (`lm_head`, or the tied `embed`) left as in `full` (float32 master weights), so that the
+    chunks' gradients of it add up in float32; the cast to the compute dtype happens per chunk."""
+    out = dict(cast)
+    for key in ("lm_head", "embed"):
+        if key in full:
+            out[key] = full[key]
+    return out
+
+
+def _chunked_token_sums(graphdef, abs_params, rest, params, h, targets, mask, compute_dtype,
+                        chunk):
+    """(sum of masked NLL, number correct) of `targets` [b, T] under model.logits(h), h [b, T, D],
+    over chunks of `chunk` positions: a `lax.scan` whose body is `jax.checkpoint`ed, so the
+    forward keeps no logits and the backward recomputes one chunk's at a time. T is padded to a
+    multiple of `chunk` with masked positions."""
+    b, T, D = h.shape
+    n = -(-T // chunk)
+    pad = n * chunk - T
+    if pad:
+        h = jnp.pad(h, ((0, 0), (0, pad), (0, 0)))
+        targets = jnp.pad(targets, ((0, 0), (0, pad)))
+        mask = jnp.pad(mask, ((0, 0), (0, pad)))
+
+    def chunks(x):  # [b, n*chunk, ...] -> [n, b, chunk, ...]
+        return jnp.swapaxes(x.reshape(b, n, chunk, *x.shape[2:]), 0, 1)
+
+    @jax.checkpoint
+    def body(carry, xs):
+        h_c, t_c, m_c = xs
+        p = params
+        if compute_dtype != jnp.float32:
+            p = jax.tree.map(lambda x: x.astype(compute_dtype)
+                             if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+        model = nnx.merge(graphdef, _as_state(abs_params, p), rest)
+        nll, correct = _token_nll_correct(model.logits(h_c), t_c)
+        return (carry[0] + (nll * m_c).sum(), carry[1] + (correct * m_c).sum()), None
+
+    zero = jnp.zeros((), jnp.float32)
+    (nll_sum, correct_sum), _ = jax.lax.scan(body, (zero, zero),
+                                             (chunks(h), chunks(targets), chunks(mask)))
+    return nll_sum, correct_sum
 
 
 def _make_steps(config: Config, setup: _Setup, example_batch: dict[str, np.ndarray]):
@@ -184,11 +247,15 @@ def _make_steps(config: Config, setup: _Setup, example_batch: dict[str, np.ndarr
     optimizer = setup.optimizer
     k = config.optimizer.grad_accum
     compute_dtype = jnp.bfloat16 if config.train.compute_dtype == "bfloat16" else jnp.float32
+    loss_chunk = config.train.loss_chunk_size
+    # a block-level checkpoint policy only without model.remat (which recomputes blocks whole)
+    remat_policy = None if config.model.remat else REMAT_POLICIES[config.train.remat_policy]
     schedule = learning_rate_schedule(config.optimizer, config.train.steps)
     mesh = setup.mesh
 
     def sums(params, rest, batch):  # the gradient is of NLL + aux; loss_sum is the NLL alone
-        s, n, c, a = _masked_sums(graphdef, abs_params, params, rest, batch, compute_dtype)
+        s, n, c, a = _masked_sums(graphdef, abs_params, params, rest, batch, compute_dtype,
+                                  loss_chunk, remat_policy)
         return s + a, (n, c, s, a)
 
     grad_fn = jax.value_and_grad(sums, has_aux=True)
@@ -231,7 +298,8 @@ def _make_steps(config: Config, setup: _Setup, example_batch: dict[str, np.ndarr
     has_aux = "mom" in config.model.layer_mixers()  # models with a routed mixer log train/aux_loss
 
     def eval_step(params, rest, batch):
-        s, n, c, _ = _masked_sums(graphdef, abs_params, params, rest, batch, compute_dtype)
+        s, n, c, _ = _masked_sums(graphdef, abs_params, params, rest, batch, compute_dtype,
+                                  loss_chunk)
         return {"loss_sum": s, "count": n, "correct": c}
 
     rep = replicated(mesh)

@@ -78,3 +78,22 @@ def test_bad_arguments():
     assert aot_compile.parse_mesh("fsdp=2,sequence=4") == {"data": -1, "fsdp": 2, "sequence": 4,
                                                             "tensor": 1}
     assert aot_compile.resolve_topology("v5e-1") == ("v5e:2x2", "v5e", 1)
+
+
+def test_large_presets_get_the_memory_settings():
+    mesh = {"data": 1, "fsdp": 8, "sequence": 1, "tensor": 1}
+    big = aot_compile.build_config("deltanet-340m", 2048, 32, [], mesh)
+    assert big.train.loss_chunk_size == 512
+    assert big.train.remat_policy == "save_dots_and_kernels"
+    off = aot_compile.build_config("gla-1.3b", 2048, 32, ["train.loss_chunk_size=0",
+                                                           "train.remat_policy=none"], mesh)
+    assert (off.train.loss_chunk_size, off.train.remat_policy) == (0, "none")
+    tiny = aot_compile.build_config("tiny-gla", 256, 8, [], mesh)
+    assert (tiny.train.loss_chunk_size, tiny.train.remat_policy) == (0, "none")
+    rec = {"preset": "deltanet-340m", "topology": "v5p-8", "mesh": mesh, "per_chip_batch": 4,
+           "seq_len": 2048, "impl": "pallas", "remat": False,
+           "remat_policy": "save_dots_and_kernels", "loss_chunk_size": 512,
+           "arguments_gib": 1.0, "temporaries_gib": 2.0, "outputs_gib": 1.0, "total_gib": 3.0,
+           "fits": True, "hbm_gib": 95.0, "flops_per_chip": 2.6e13, "compile_s": 60.0,
+           "command": "python -m x"}
+    assert "| False; save_dots_and_kernels; loss chunk 512 |" in aot_compile.table_row(rec)
