@@ -16,30 +16,34 @@ FAMILY = ("linear_attention", "simple_gla", "gla", "gsa")
 BOTH = pytest.mark.parametrize("pallas_flavour", ["tpu", "triton"], indirect=True)
 
 
+def assert_matches_oracle(op, tol, *, chunk_size, dtype=jnp.float32, **shapes):
+    """impl="pallas" on `make_inputs(op, **shapes)` against the float64 oracle: every relative
+    error (outputs, final state, gradients) below `tol`."""
+    inputs, h, seg = make_inputs(op, **shapes)
+    errs = compare(op, inputs, h, seg, impl="pallas", dtype=dtype, chunk_size=chunk_size)
+    assert max(errs.values()) < tol, errs
+
+
 @BOTH
 @pytest.mark.parametrize("op", FAMILY)
 def test_float32_segments_initial_state_ragged(op, pallas_flavour):
-    inputs, h, seg = make_inputs(op, B=2, T=45, H=2, K=16, V=32, M=16, decay=1.0, seed=11)
-    errs = compare(op, inputs, h, seg, impl="pallas", chunk_size=16)
-    assert max(errs.values()) < 2e-3, errs
+    assert_matches_oracle(op, 2e-3, chunk_size=16, B=2, T=45, H=2, K=16, V=32, M=16, decay=1.0,
+                          seed=11)
 
 
 @BOTH
 @pytest.mark.parametrize("op", ["simple_gla", "gla", "gsa"])
 def test_strong_decay_no_segments(op, pallas_flavour):
     """log-decays around -8 per step: exp(b) spans far beyond float32 within one chunk."""
-    inputs, h, seg = make_inputs(op, B=1, T=40, H=1, K=16, V=16, M=16, decay=8.0, seed=12,
-                                 segments=False)
-    errs = compare(op, inputs, h, seg, impl="pallas", chunk_size=32)
-    assert max(errs.values()) < 2e-3, errs
+    assert_matches_oracle(op, 2e-3, chunk_size=32, B=1, T=40, H=1, K=16, V=16, M=16, decay=8.0,
+                          seed=12, segments=False)
 
 
 @BOTH
 @pytest.mark.parametrize("op", FAMILY)
 def test_bfloat16(op, pallas_flavour):
-    inputs, h, seg = make_inputs(op, B=1, T=40, H=1, K=16, V=16, M=16, decay=2.0, seed=13)
-    errs = compare(op, inputs, h, seg, impl="pallas", dtype=jnp.bfloat16, chunk_size=16)
-    assert max(errs.values()) < 2e-2, errs
+    assert_matches_oracle(op, 2e-2, chunk_size=16, dtype=jnp.bfloat16, B=1, T=40, H=1, K=16,
+                          V=16, M=16, decay=2.0, seed=13)
 
 
 @pytest.mark.parametrize("pallas_flavour", ["triton"], indirect=True)
@@ -66,6 +70,5 @@ def test_no_initial_state_and_final_state_only_loss(op, pallas_flavour):
 @BOTH
 @pytest.mark.parametrize("op", FAMILY)
 def test_larger_chunks_and_head_dims(op, pallas_flavour):
-    inputs, h, seg = make_inputs(op, B=1, T=150, H=2, K=64, V=32, M=32, decay=1.0, seed=15)
-    errs = compare(op, inputs, h, seg, impl="pallas", chunk_size=64)
-    assert max(errs.values()) < 2e-3, errs
+    assert_matches_oracle(op, 2e-3, chunk_size=64, B=1, T=150, H=2, K=64, V=32, M=32, decay=1.0,
+                          seed=15)
