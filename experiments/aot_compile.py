@@ -212,7 +212,8 @@ def write_section(path: pathlib.Path, rec: dict[str, Any]) -> None:
                f"AdamW state, batch), temporaries, outputs; total = arguments + temporaries + "
                f"outputs - donated (aliased) buffers, against the chip's HBM. FLOPs: XLA's cost "
                f"analysis per chip (a Pallas kernel counts as its inputs and outputs only, so "
-               f"pallas rows undercount). Compile s: on 2 busy CPU cores.\n\n"
+               f"pallas rows undercount, and a loop body, e.g. the chunked loss's scan, counts "
+               f"once). Compile s: on 2 busy CPU cores.\n\n"
                f"{TABLE_HEADER}\n" + "\n".join(rows) + f"\n{SECTION_END}")
     path.write_text(head + section + tail)
 
