@@ -38,7 +38,7 @@ from research.config import ModelConfig
 from research.model import LanguageModel, count_params
 from research.sweep.results import write_results
 from research.sweep.spec import Run, Sweep
-from research.train.config import Config, config_to_dict
+from research.train.config import Config, config_from_dict, config_to_dict
 from research.train.metrics import read_metrics
 from research.train.trainer import restore_model
 from research.train.trainer import run as train
@@ -48,6 +48,17 @@ from research.validation import check_int
 
 def _config_dict(config: Config) -> dict:
     return config_to_dict(config)
+
+
+def _same_config(saved: Any, config: Config) -> bool:
+    """Whether a saved config dict is `config`, its missing keys taking their defaults (so a
+    field added to the configs later does not make every finished run look unfinished)."""
+    if not isinstance(saved, dict):
+        return False
+    try:
+        return _config_dict(config_from_dict(saved)) == _config_dict(config)
+    except ValueError:  # a key the configs no longer have, or a value they refuse
+        return False
 
 
 def _for_sweep(config: Config) -> Config:
@@ -73,7 +84,7 @@ def run_status(run: Run, run_dir: pathlib.Path) -> str:
     if result.exists():
         try:
             saved = json.loads(result.read_text())
-            if saved.get("config") == _config_dict(_for_sweep(run.config)):
+            if _same_config(saved.get("config"), _for_sweep(run.config)):
                 return "done"
         except json.JSONDecodeError:
             pass
