@@ -122,6 +122,7 @@ def test_state_size_tiny_end_to_end_and_rerun_skips(tmp_path, capsys):
     assert (copy.parent / "figures" / "state_size_tiny_accuracy_vs_state_size.png").exists()
 
 
+@pytest.mark.slow  # 5 runs, ~3 min on 2 cores; the default suite checks it loads (--dry-run)
 def test_decay_tiny_end_to_end(tmp_path, capsys):
     workdir = tmp_path / "decay"
     code, _, err = _run_cli([SWEEPS / "decay_tiny.py", "--workdir", workdir], capsys)
