@@ -22,6 +22,10 @@ test: setup
 test-slow: setup
 	$(PY) -m pytest -q -m slow
 
+# The CPU jobs pin JAX to the CPU (unless JAX_PLATFORMS is set): libtpu, installed for the
+# ahead-of-time TPU compilations, otherwise probes for a TPU and prints initialisation errors.
+demo bench-ops ablation gpu-check: export JAX_PLATFORMS ?= cpu
+
 # The main job: a small GLA learns MQAR on this CPU (stops at 0.9 eval accuracy), then is probed.
 demo: setup
 	$(PY) -m experiments.train --preset mqar-tiny --workdir runs/demo
