@@ -148,11 +148,9 @@ class LanguageModel(nnx.Module):
             for block in self.blocks:
                 if return_aux:
                     aux = aux + self.config.router_aux_weight * block.aux_loss(x, segment_ids)
-                if remat_policy is not None:
+                if remat_policy is not None or self.config.remat:  # policy None: recompute all
                     x = nnx.remat(_block_forward, policy=remat_policy)(block, x, segment_ids,
                                                                        prefix_length)
-                elif self.config.remat:
-                    x = nnx.remat(_block_forward)(block, x, segment_ids, prefix_length)
                 else:
                     x = _block_forward(block, x, segment_ids, prefix_length)
             out = self.final_norm(x) if return_hidden else self._logits(x)

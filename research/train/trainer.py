@@ -167,10 +167,7 @@ def _masked_sums(graphdef, abs_params, params, rest, batch, compute_dtype, loss_
     loss_chunk_size > 0: the head and the cross-entropy run over chunks of that many positions
     (`_chunked_token_sums`), so the [b, T, vocab] logits are never whole."""
     full = params
-    if compute_dtype != jnp.float32:
-        params = jax.tree.map(
-            lambda p: p.astype(compute_dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p,
-            params)
+    params = _cast(params, compute_dtype)
     model = nnx.merge(graphdef, _as_state(abs_params, params), rest)
     kwargs = {} if remat_policy is None else {"remat_policy": remat_policy}
     for key in ("segment_ids", "prefix_length"):
@@ -186,6 +183,14 @@ def _masked_sums(graphdef, abs_params, params, rest, batch, compute_dtype, loss_
     logits, aux = model(batch["tokens"], return_aux=True, **kwargs)
     nll, correct = _token_nll_correct(logits, batch["targets"])
     return (nll * mask).sum(), mask.sum(), (correct * mask).sum(), aux["aux_loss"] * mask.sum()
+
+
+def _cast(params, dtype):
+    """`params` with its floating leaves in `dtype` (the compute dtype; float32 leaves them)."""
+    if dtype == jnp.float32:
+        return params
+    return jax.tree.map(
+        lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
 
 
 def _token_nll_correct(logits, targets):
@@ -228,11 +233,7 @@ def _chunked_token_sums(graphdef, abs_params, rest, params, h, targets, mask, co
     @jax.checkpoint
     def body(carry, xs):
         h_c, t_c, m_c = xs
-        p = params
-        if compute_dtype != jnp.float32:
-            p = jax.tree.map(lambda x: x.astype(compute_dtype)
-                             if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
-        model = nnx.merge(graphdef, _as_state(abs_params, p), rest)
+        model = nnx.merge(graphdef, _as_state(abs_params, _cast(params, compute_dtype)), rest)
         nll, correct = _token_nll_correct(model.logits(h_c), t_c)
         return (carry[0] + (nll * m_c).sum(), carry[1] + (correct * m_c).sum()), None
 
