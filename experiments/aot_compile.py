@@ -246,6 +246,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import research  # noqa: F401 - registers the model presets
     from research.train.sharding import make_mesh, resolve_mesh_shape
 
+    if args.preset not in research.PRESETS:
+        p.error(f"--preset must be one of {sorted(research.PRESETS)}, got {args.preset!r}")
     topo = topologies.get_topology_desc(topo_name, platform="tpu")
     devices = list(topo.devices)[:take] if take else list(topo.devices)
     n = len(devices)
