@@ -7,7 +7,12 @@
 - `sequence_accuracy`: fraction of examples with every masked position right;
 - `RegularLanguages`: also "dfa_accuracy" (the greedy letter is a legal transition) and "dfa_tvd"
   (total variation distance to the uniform distribution over legal letters), evaluated on the
-  task's test DFAs when it is given a train-split task (`split` is switched to "test");
+  task's test DFAs when it is given a train-split task (`split` is switched to "test"); and the
+  same two against the number of in-context examples: "dfa_accuracy@K" / "dfa_tvd@K" over the
+  scored positions where K complete strings (separators, token `SEPARATOR`) precede the
+  predicted letter in the example, i.e. the letter belongs to string K of the example, for the
+  bins K = "0", "1", "2", "3" and "4+" (`DFA_BINS`; a 128-token example holds ~5 strings of
+  mean length 25, so every bin is reached; a bin with no scored position is left out);
 - `ForgettingMQAR`: also "stale_rate" (fraction of queries answered with a value the key held
   before its last write).
 
@@ -27,7 +32,10 @@ import numpy as np
 from flax import nnx
 
 from research.tasks import ForgettingMQAR, RegularLanguages, dfa_metrics, stack
-from research.tasks.regular_languages import NUM_LETTERS
+from research.tasks.regular_languages import NUM_LETTERS, SEPARATOR
+
+# (name, lowest, highest) strings seen before the predicted letter; None: no upper bound.
+DFA_BINS = (("0", 0, 0), ("1", 1, 1), ("2", 2, 2), ("3", 3, 3), ("4+", 4, None))
 
 _FORWARD_CACHE: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
@@ -123,6 +131,7 @@ def evaluate_task(model, task, num_examples: int = 256, batch_size: int = 32,
     vocab = getattr(task, "vocab_size", None)
     sums = {"nll": 0.0, "right": 0, "positions": 0, "seq_right": 0, "stale": 0,
             "dfa_n": 0, "dfa_acc": 0.0, "dfa_tvd": 0.0}
+    bins = {name: {"n": 0, "acc": 0.0, "tvd": 0.0} for name, _, _ in DFA_BINS}
     for lo in range(start, start + n, batch_size):
         idx = np.arange(lo, min(lo + batch_size, start + n))
         batch = stack([task[int(i)] for i in idx])
@@ -153,6 +162,18 @@ def evaluate_task(model, task, num_examples: int = 256, batch_size: int = 32,
             sums["dfa_n"] += k
             sums["dfa_acc"] += m["accuracy"] * k
             sums["dfa_tvd"] += m["tvd"] * k
+            # strings completed before the letter predicted at t: separators in tokens[: t + 1]
+            seen = np.cumsum(np.asarray(batch["tokens"]) == SEPARATOR, axis=1)
+            for name, low, high in DFA_BINS:
+                in_bin = ann["eval_mask"] & (seen >= low)
+                if high is not None:
+                    in_bin &= seen <= high
+                kb = int(in_bin.sum())
+                if kb:
+                    mb = dfa_metrics(np.asarray(logits[..., :NUM_LETTERS]), ann["legal"], in_bin)
+                    bins[name]["n"] += kb
+                    bins[name]["acc"] += mb["accuracy"] * kb
+                    bins[name]["tvd"] += mb["tvd"] * kb
         if isinstance(task, ForgettingMQAR):
             stale = np.stack([task.stale_values(int(i)) for i in idx])  # [b, T, U + 1]
             sums["stale"] += int(((stale == pred[..., None]).any(-1) & mask).sum())
@@ -167,6 +188,10 @@ def evaluate_task(model, task, num_examples: int = 256, batch_size: int = 32,
     if isinstance(task, RegularLanguages):
         out["dfa_accuracy"] = sums["dfa_acc"] / max(sums["dfa_n"], 1)
         out["dfa_tvd"] = sums["dfa_tvd"] / max(sums["dfa_n"], 1)
+        for name, b in bins.items():
+            if b["n"]:
+                out[f"dfa_accuracy@{name}"] = b["acc"] / b["n"]
+                out[f"dfa_tvd@{name}"] = b["tvd"] / b["n"]
     if isinstance(task, ForgettingMQAR):
         out["stale_rate"] = sums["stale"] / positions
     return out

@@ -69,6 +69,45 @@ def test_evaluate_random_model_and_dfa_metrics():
     assert math.isfinite(m["loss"]) and m["loss"] > 1.0
 
 
+class TableModel(nnx.Module):
+    """Looks its input up in a table of token rows and returns that row's logits [B, T, V]."""
+
+    def __init__(self, tokens, logits):
+        self.tokens = nnx.Variable(jnp.asarray(tokens))
+        self.logits = nnx.Variable(jnp.asarray(logits))
+
+    def __call__(self, tokens):
+        row = (tokens[:, None, :] == self.tokens[...][None]).all(-1).argmax(-1)  # [B]
+        return self.logits[...][row]
+
+
+def test_dfa_metrics_against_strings_seen():
+    """An oracle that predicts an illegal letter in an example's first string and the true next
+    letter afterwards: dfa_accuracy@0 = 0, every later bin 1, the total their position share."""
+    from research.probes.evaluate import DFA_BINS
+    from research.tasks.regular_languages import NUM_LETTERS, SEPARATOR
+    task = RegularLanguages(seq_len=96, vocab_size=32, split="test", num_examples=8)
+    tokens = np.stack([task[i]["tokens"] for i in range(8)])
+    targets = np.stack([task[i]["targets"] for i in range(8)])
+    ann = task.batch_annotations(range(8))
+    seen = np.cumsum(tokens == SEPARATOR, axis=1)
+    illegal = np.argmin(ann["legal"][..., :NUM_LETTERS], -1)       # a letter with no edge
+    assert not np.take_along_axis(ann["legal"], illegal[..., None], -1).any()
+    logits = 30.0 * np.eye(32)[np.where(seen == 0, illegal, targets)]
+    m = evaluate_task(TableModel(tokens, logits), task, num_examples=8, batch_size=4)
+    scored = ann["eval_mask"]
+    assert m["dfa_accuracy@0"] == 0.0 and m["dfa_tvd@0"] == pytest.approx(1.0, abs=1e-6)
+    for name, low, _ in DFA_BINS[1:]:
+        if (scored & (seen >= low)).any():
+            assert m[f"dfa_accuracy@{name}"] == 1.0
+    assert "dfa_accuracy@4+" in m and "dfa_accuracy@1" in m       # 96 tokens reach 4 strings
+    assert m["dfa_accuracy"] == pytest.approx((scored & (seen > 0)).sum() / scored.sum())
+    # a bin's tvd is 1 - 1 / (legal letters) at the one-hot true letter
+    legal_n = ann["legal"][..., :NUM_LETTERS].sum(-1)
+    in1 = scored & (seen == 1)
+    assert m["dfa_tvd@1"] == pytest.approx((1 - 1 / legal_n[in1]).mean(), abs=1e-6)
+
+
 def test_length_and_kv_pair_probes():
     task = MQAR(vocab_size=64, seq_len=16, num_kv_pairs=2, num_examples=50)
     oracle = RecallOracle(64, 4)
