@@ -8,7 +8,8 @@ The stages (docs/design.md), shared by every family:
      exp(+x) occurs;
      for the delta rule, the WY factors (`_wy`, through `unit_lower_inverse`);
   3. `state_pass`: S_n = decay_n S_{n-1} + kd_n^T (vd_n - w_n S_{n-1}), sequential over chunks;
-  4. output: o = (q * decay_in) S_{n-1} + intra.
+  4. output: o = (q * decay_in) S_{n-1} + intra (for the delta rule inside the state pass's scan,
+     `_delta_pass`, so that the per-chunk states are not stacked in the forward).
 Gradients come from JAX autodiff of these stages.
 
 Inputs are padded by the caller (T = N * C). Shapes inside: [B, H, N, C, D].
@@ -298,12 +299,27 @@ def gated_delta_rule(q, k, v, g, beta, *, scale, initial_state=None, segments=No
     ld = log_decays(chunk(g, C), segs)
     u, w, gam = _wy(kc, vc, bc, ld, segs, C)
     S0 = _init_state(initial_state, B, H, K, v.shape[-1])
-    states, S_N, v_new = state_pass(
-        S0, jnp.exp(ld.total)[..., None, None], kc * jnp.exp(ld.to_end)[..., None], u, w
-    )
-    o = _einsum("...ck,...kv->...cv", qc * jnp.exp(ld.into)[..., None], states)
-    o = o + _einsum("...ij,...jv->...iv", _einsum("...ik,...jk->...ij", qc, kc) * gam, v_new)
+    scores = _einsum("...ik,...jk->...ij", qc, kc) * gam
+    o, S_N = _delta_pass(S0, jnp.exp(ld.total)[..., None, None], kc * jnp.exp(ld.to_end)[..., None],
+                         u, w, qc * jnp.exp(ld.into)[..., None], scores)
     return from_chunks(o), S_N
+
+
+def _delta_pass(S0, decay, kd, u, w, qd, scores):
+    """The delta family's state pass with the output in the same scan, so that the per-chunk
+    states are never stacked in the forward: per chunk n, v_new = u - w S, o = qd S + scores v_new,
+    S <- decay S + kd^T v_new. Shapes as in `state_pass`, qd [B, H, N, C, K], scores
+    [B, H, N, C, C]; returns (o [B, H, N, C, V], S_N)."""
+
+    def step(S, x):
+        dec, kn, un, wn, qn, pn = x
+        vn = un - _einsum("bhck,bhkv->bhcv", wn, S)
+        o = _einsum("bhck,bhkv->bhcv", qn, S) + _einsum("bhij,bhjv->bhiv", pn, vn)
+        return dec * S + _einsum("bhck,bhcv->bhkv", kn, vn), o
+
+    xs = [jnp.moveaxis(x, 2, 0) for x in (decay, kd, u, w, qd, scores)]
+    S_N, o = jax.lax.scan(step, S0, xs)
+    return jnp.moveaxis(o, 0, 2), S_N
 
 
 def delta_rule(q, k, v, beta, *, scale, initial_state=None, segments=None, chunk_size=64):
