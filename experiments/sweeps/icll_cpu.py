@@ -9,7 +9,9 @@ on held-out test-split DFAs (`EVAL_EXAMPLES` = 256 examples through
 `research.probes.evaluate_task`):
 - `probe/dfa_accuracy`: the greedy next letter is a legal transition of the example's DFA;
 - `probe/dfa_tvd`: total variation distance between the model's next-letter distribution and
-  the uniform distribution over the legal letters (lower is better).
+  the uniform distribution over the legal letters (lower is better);
+- `probe/dfa_accuracy@K`, `probe/dfa_tvd@K`: the same at the letters of string K of the example,
+  i.e. after K complete in-context strings (K = 0, 1, 2, 3, 4+; a 128-token example holds ~5).
 Models at d_model 32 (2 layers, 2 heads, width-4 short conv, d_ff = d_model), 2 seeds each:
 softmax attention, GLA (`state_size_cpu`'s: no output gate, init_half_life 1024), DeltaNet,
 and GLA with two static n-gram layers (n = 2 and 3, `ModelConfig.ngram_layers`) before its
@@ -79,13 +81,61 @@ def _gap_closed(rows, y, transformer="attention", recurrent="gla", hybrid="gla+n
     return (mean[hybrid] - mean[recurrent]) / gap, ""
 
 
+STRINGS_SEEN = ("0", "1", "2", "3", "4+")  # the bins of `evaluate_task` (DFA_BINS)
+
+
+def _seed_mean(rows, model, y):
+    v = [r[y] for r in rows if r.get("model") == model and isinstance(r.get(y), float)]
+    return (sum(v) / len(v), min(v), max(v), len(v)) if v else None
+
+
+def _by_strings_seen(rows, chance, pairs):
+    """The metrics against the number of in-context strings seen: a table per metric (seed
+    means, model x bin), and the pairs judged at K = 0 and K = 4+ (the same rule)."""
+    models = [name for name, _, _ in MODELS]
+    lines = ["Against the number of in-context examples: K = complete strings of the example's "
+             "DFA before the predicted letter (cells: seed mean (min-max); last column: the rise "
+             "from the first string to the fifth and later).", ""]
+    for y, label in (("probe/dfa_accuracy", "legal next-letter accuracy"),
+                     ("probe/1-dfa_tvd", "1 - TV distance")):
+        lines += [f"{label} (`{y}@K`):", "",
+                  "| model | " + " | ".join(f"K={k}" for k in STRINGS_SEEN) + " | K=4+ - K=0 |",
+                  "|---|" + "---|" * (len(STRINGS_SEEN) + 1)]
+        for m in models:
+            cells, means = [], {}
+            for k in STRINGS_SEEN:
+                p = _seed_mean(rows, m, f"{y}@{k}")
+                if p is None:
+                    cells.append("")
+                    continue
+                means[k] = p[0]
+                cells.append(f"{p[0]:.3f}" + (f" ({p[1]:.3f}-{p[2]:.3f})" if p[3] > 1 else ""))
+            rise = (f"{means['4+'] - means['0']:+.3f}" if "0" in means and "4+" in means else "")
+            lines.append(f"| {m} | " + " | ".join(cells) + f" | {rise} |")
+        lines.append("")
+    long = [{"model": r.get("model"), "seed": r.get("seed"), "strings seen": k,
+             y: r[f"{y}@{k}"]}
+            for r in rows for k in ("0", "4+") for y in ("probe/dfa_accuracy",)
+            if isinstance(r.get(f"{y}@{k}"), float)]
+    if long:
+        lines += ["The pairs judged in the first string (K = 0, no complete example yet) and "
+                  "after 4 or more (`probe/dfa_accuracy@K`, the same rule):", "",
+                  _F["judge_pairs"](long, pairs, chance=chance, y="probe/dfa_accuracy",
+                                    group="model", by="strings seen"), ""]
+    else:
+        lines += ["Per-bin metrics: not measured (no row has `probe/dfa_accuracy@K`).", ""]
+    return lines
+
+
 def compare(rows):
     """Transformer > GLA, DeltaNet and GLA + n-gram > GLA on both metrics (the report's rule),
-    and the share of the gap the n-gram layers close."""
+    the share of the gap the n-gram layers close, and both metrics against the number of
+    in-context strings seen."""
     from research.sweep.report import rule_text
     chance = 2 / 18
-    rows = [{**r, "probe/1-dfa_tvd": 1 - r["probe/dfa_tvd"]}
-            if isinstance(r.get("probe/dfa_tvd"), float) else r for r in rows]
+    rows = [{**r, **{f"probe/1-dfa_tvd{b}": 1 - r[f"probe/dfa_tvd{b}"]
+                     for b in [""] + [f"@{k}" for k in STRINGS_SEEN]
+                     if isinstance(r.get(f"probe/dfa_tvd{b}"), float)}} for r in rows]
     pairs = [("attention", "gla"), ("attention", "deltanet"), ("gla+ngram", "gla")]
     lines = ["Published (Akyürek et al. 2024, ICLL): on random-DFA languages the Transformer "
              "beats the recurrent models, and n-gram layers added to a recurrent model close "
@@ -98,9 +148,10 @@ def compare(rows):
                                                    group="model", by="task"), ""]
         share, why = _gap_closed(rows, y)
         closed = (f"GLA + n-gram layers close {share:.0%} of the attention - GLA gap in `{y}` "
-                  f"(\"most\" = more than half, and only if gla+ngram > gla holds above)"
+                  f"(\"most\" = more than half, and only if gla+ngram > gla holds above"
+                  + ("; above 100%: gla+ngram scores above attention" if share > 1 else "")
+                  + ")"
                   if share is not None else f"Gap closed in `{y}`: not resolved ({why})")
         lines += [closed + ".", ""]
-    lines.append("Not measured here: the metrics against the number of in-context examples "
-                 "(`evaluate_task` reports one number per run).")
+    lines += _by_strings_seen(rows, chance, pairs)
     return "\n".join(lines)
