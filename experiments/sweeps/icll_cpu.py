@@ -155,3 +155,31 @@ def compare(rows):
         lines += [closed + ".", ""]
     lines += _by_strings_seen(rows, chance, pairs)
     return "\n".join(lines)
+
+
+def strings_seen_figure(workdir="runs/icll_cpu", path=None, metric="probe/dfa_accuracy"):
+    """Draw `metric@K` (seed mean) against K, the in-context strings seen, one line per model,
+    from WORKDIR/results.csv (the sweep's Figures plot one column against another, so this one
+    is drawn here): `python experiments/sweeps/icll_cpu.py [WORKDIR]` writes
+    experiments/sweeps/figures/icll_cpu_by_strings_seen.png."""
+    from research.probes import plots
+    from research.sweep.results import read_csv
+    rows = read_csv(pathlib.Path(workdir) / "results.csv")
+    points = []
+    for name, _, _ in MODELS:
+        for k in STRINGS_SEEN:
+            v = [r[f"{metric}@{k}"] for r in rows if r.get("model") == name
+                 and isinstance(r.get(f"{metric}@{k}"), float)]
+            if v:
+                points.append({"model": name, "strings seen": k, metric: sum(v) / len(v)})
+    if not points:
+        raise ValueError(f"no row of {workdir}/results.csv has {metric}@K")
+    path = path or pathlib.Path(__file__).with_name("figures") / "icll_cpu_by_strings_seen.png"
+    return plots.plot_lines(points, "strings seen", metric, path, group="model",
+                            title=f"Random DFAs (CPU): {metric.split('/')[-1]} vs strings seen "
+                                  "(2 seeds)")
+
+
+if __name__ == "__main__":
+    import sys
+    print(strings_seen_figure(*sys.argv[1:2]))
