@@ -31,7 +31,7 @@ from pallas_kernels.chunking import (
     padded_dim,
     to_chunks,
 )
-from pallas_kernels.pallas import _backend
+from pallas_kernels.pallas import _backend, chunk_fused
 from pallas_kernels.pallas.chunk_output import output_stage
 from pallas_kernels.pallas.chunk_state import state_pass
 
@@ -96,6 +96,16 @@ def _scaled(q, scale, C):
 
 
 def _gla_like(kind, q, k, v, g, *, scale, initial_state, segments, chunk_size):
+    if chunk_fused.applies(kind):  # TPU: one kernel, the state in VMEM (staged for the backward)
+        return chunk_fused.fused_scan(kind, q, k, v, g, scale=scale,
+                                      initial_state=initial_state, segments=segments,
+                                      chunk_size=chunk_size)
+    return _staged(kind, q, k, v, g, scale=scale, initial_state=initial_state,
+                   segments=segments, chunk_size=chunk_size)
+
+
+def _staged(kind, q, k, v, g, *, scale, initial_state, segments, chunk_size):
+    """linear_attention / simple_gla / gla as the separate stages (gated_scan), o float32."""
     C = chunk_size
     segs = None if segments is None else segments.chunked(C)
     o, hT = gated_scan(_scaled(q, scale, C), to_chunks(k, C), to_chunks(v, C),

@@ -1,0 +1,366 @@
+"""Stages 2 to 5 of docs/design.md fused for the gated-linear family (linear_attention, simple_gla,
+gla) on TPU: one forward kernel and one backward kernel, each walking the chunks in order with
+the running state (or its gradient) in VMEM.
+
+The staged path (`gla_family.gated_scan`, still the Triton flavour's) materialises the chunk
+layout, the scaled queries and the decayed keys around its kernels, writes the state entering
+every chunk to HBM and reads it back, and its backward does the same for dS. Here:
+
+- forward (grid (B, H / HB, N), chunk axis "arbitrary"): per chunk and head, the output body of
+  `chunk_output` on the state in VMEM, then the state step of `chunk_state`. It reads q, k, v, the
+  gates and h0 once and writes o (in v's dtype) and the final state; under differentiation it
+  also writes the state entering each chunk, in the matmul dtype (bf16 for bf16 inputs: the
+  backward's matmuls read it in that dtype anyway), the one residual besides the inputs.
+- backward (the same grid, chunks in reverse): per chunk and head, the backward body of
+  `chunk_output` (dq, dk, dv, db and the output's share of dS_{n-1}), the state step's gradients,
+  the gate gradient through the chunk-local cumulative sum (a triangular matmul), and
+  dS_{n-1} = D_n * dS_n + dh in VMEM. It writes dq, dk, dv, dg and dh0 once.
+
+Layout: q, k, v, o, do, dq, dk, dv (and gla's per-key gate) stay in [B, T, H, D]: a block is
+[C, HB, D] (HB = 8 heads, the sublane tile, or all H when H is not a multiple of 8), each head's
+[C, D] slice is copied into head-major VMEM scratch with static strided loads, and one loop over
+the HB heads does the work. The chunk-local cumulative sum of a per-key gate is computed in the
+kernel (a lower-triangular matmul at float32 precision); scalar gates [B, T, H] are tiny and
+summed outside, as [B, N, H, C].
+
+TPU flavour only (`applies`): the Triton flavour has no ordered grid and keeps the staged path.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+from pallas_kernels.chunking import Segments
+from pallas_kernels.pallas import _backend
+from pallas_kernels.pallas._common import F32, call, compute_dtype, mm, mm_nt, mm_tn
+from pallas_kernels.pallas.chunk_output import SUB_CHUNK, _bwd_kernel, _fwd_kernel
+
+KINDS = ("none", "scalar", "key")
+
+
+def applies(kind: str, backend=None) -> bool:
+    """True when `fused_scan` runs `kind` on the current flavour (TPU only)."""
+    backend = backend or _backend.current()
+    return backend.kind == "tpu" and kind in KINDS
+
+
+def _last_row(x):
+    """Row C - 1 of x [C, D] as [1, D] (a masked sum: no unaligned single-row load)."""
+    t = lax.broadcasted_iota(jnp.int32, x.shape, 0)
+    return jnp.sum(jnp.where(t == x.shape[0] - 1, x, 0.0), axis=0, keepdims=True)
+
+
+def _heads_block(H: int) -> int:
+    """Heads per block: 8 (the sublane tile) when H divides by it, else all H (the full extent:
+    TPU blocks need their last two dims tile-aligned or whole)."""
+    return 8 if H % 8 == 0 else H
+
+
+def _tril(C):
+    t = lax.broadcasted_iota(jnp.int32, (C, C), 0)
+    s = lax.broadcasted_iota(jnp.int32, (C, C), 1)
+    return jnp.where(t >= s, 1.0, 0.0).astype(F32)
+
+
+def _load_heads(r, kind, HB, scale, names):
+    """Copy each head's [C, D] slice of the [C, HB, D] blocks `names` into head-major VMEM scratch
+    (static strided loads; the loop over heads then indexes the leading axis): q scaled as the
+    staged glue rounds it, the chunk-local cumsum b of the gates (per-key: tril @ g at float32
+    precision; scalar: summed outside, as bcol [C, 1] and brow [1, C])."""
+    for j in range(HB):
+        for nm in names:
+            x = r[nm][:, j, :]
+            if nm == "q":
+                x = (x.astype(F32) * scale).astype(x.dtype)
+            r[nm + "_h"][j] = x.astype(r[nm + "_h"].dtype)
+        if kind == "key":
+            r["b_h"][j] = mm(_tril(r["q"].shape[0]), r["g"][:, j, :].astype(F32))
+        elif kind == "scalar":
+            row = r["gc"][pl.ds(j, 1), :]                       # [1, C]
+            r["brow_h"][j] = row
+            r["bcol_h"][j] = row.T
+
+
+def _view(r, j, **extra):
+    """The refs of head j in the names chunk_output's kernel bodies read."""
+    at = lambda name: None if r.get(name) is None else r[name].at[j]  # noqa: E731
+    view = {"q": at("q_h"), "k": at("k_h"), "v": at("v_h"), "b": at("b_h"),
+            "bcol": at("bcol_h"), "brow": at("brow_h"),
+            "rcol": r["rcol"], "rrow": r["rrow"], "carry": r["carry"]}
+    view.update(extra)
+    return view
+
+
+def _state_step(view, kind, seg):
+    """Chunk_state's step operands for one head: (kd [C, K], the decay of the state rows [K, 1]
+    or [1, 1] or None, the pieces the backward needs). kd is k decayed to the chunk end (zero where
+    a reset follows); S_n = dec * S_{n-1} + kd^T v."""
+    k = view["k"][...]
+    kd, dec, end, b, reach, keep = k, None, None, None, None, None
+    if kind == "scalar":
+        b = view["bcol"][...]                                  # [C, 1]
+        end = _last_row(b)                                     # [1, 1]
+    elif kind == "key":
+        b = view["b"][...]                                     # [C, K]
+        end = _last_row(b)                                     # [1, K]
+    if b is not None:
+        kd = (k.astype(F32) * jnp.exp(end - b)).astype(k.dtype)
+        dec = jnp.exp(end) if kind == "scalar" else jnp.exp(end).T
+    if seg:
+        rid = view["rcol"][...]                                # [C, 1]
+        reach = jnp.where(rid == _last_row(rid), 1.0, 0.0)     # in the last position's segment
+        kd = (kd.astype(F32) * reach).astype(k.dtype)
+        keep = _last_row(view["carry"][...])                   # no reset inside the chunk
+        dec = keep if dec is None else dec * keep
+    return kd, dec, dict(end=end, b=b, reach=reach, keep=keep)
+
+
+def _fwd_kernel_fused(r, *, kind, seg, C, HB, n_chunks, scale):
+    """One chunk of HB heads: blocks q, k [C, HB, K], v [C, HB, V] (and g [C, HB, K]) in the
+    [B, T, H, D] layout; per head the output body of chunk_output, then the state step of
+    chunk_state (optionally emitting the entering state)."""
+    n = pl.program_id(2)
+    S_ref = r["S"]
+
+    @pl.when(n == 0)
+    def _init():
+        S_ref[...] = r["h0"][...] if r["h0"] is not None else jnp.zeros(S_ref.shape, F32)
+
+    cdt = compute_dtype(r["q"], r["k"], r["v"])
+    _load_heads(r, kind, HB, scale, ("q", "k", "v"))
+
+    def head(j, carry):
+        view = _view(r, j, h=S_ref.at[j], o=r["o_acc"].at[j])
+        if r["states"] is not None:
+            r["states"].at[j][...] = S_ref[j].astype(r["states"].dtype)
+        _fwd_kernel(view, mode="key" if kind == "key" else "scalar", decayed=kind == "scalar",
+                    seg=seg, C=C, c=min(SUB_CHUNK, C), tpu=True)
+        kd, dec, _ = _state_step(view, kind, seg)
+        S = S_ref[j]
+        S_ref[j] = (S if dec is None else S * dec) + mm_tn(kd.astype(cdt), view["v"][...].astype(cdt))
+        return carry
+
+    lax.fori_loop(0, HB, head, 0)
+    for j in range(HB):
+        r["o"][:, j, :] = r["o_acc"][j].astype(r["o"].dtype)
+
+    @pl.when(n == n_chunks - 1)
+    def _fin():
+        r["hT"][...] = S_ref[...]
+
+
+def _bwd_kernel_fused(r, *, kind, seg, C, HB, n_chunks, scale):
+    """The reverse pass: chunk N - 1 - i of HB heads, with dS = dL/dS_n in VMEM. Per head the
+    backward body of chunk_output (dq, dk, dv, dS_{n-1} from the output, db), then the state
+    step's gradients, the gate gradient through the chunk-local cumsum, and
+    dS_{n-1} = dec * dS_n + dh."""
+    i = pl.program_id(2)
+    dS_ref = r["dS"]
+
+    @pl.when(i == 0)
+    def _init():
+        dS_ref[...] = r["dhT"][...]
+
+    cdt = compute_dtype(r["q"], r["k"], r["v"])
+    _load_heads(r, kind, HB, scale, ("q", "k", "v", "do"))
+    tril = _tril(C)
+    last = lax.broadcasted_iota(jnp.int32, (C, 1), 0) == C - 1
+
+    def head(j, carry):
+        view = _view(r, j, h=r["states"].at[j], do=r["do_h"].at[j], dq=r["dq_h"].at[j],
+                     dk=r["dk_h"].at[j], dv=r["dv_h"].at[j], dh=r["dh"], db=r.get("db"))
+        _bwd_kernel(view, mode="key" if kind == "key" else "scalar", decayed=kind == "scalar",
+                    seg=seg, C=C, c=min(SUB_CHUNK, C), tpu=True)
+        kd, dec, p = _state_step(view, kind, seg)
+        v = view["v"][...]
+        S, dS = view["h"][...], dS_ref[j]
+        dkd = mm_nt(v.astype(cdt), dS.astype(cdt))            # [C, K] = v dS^T
+        r["dv_h"][j] = r["dv_h"][j] + mm(kd.astype(cdt), dS.astype(cdt))
+        dk_s = dkd
+        if p["b"] is not None:
+            dk_s = dk_s * jnp.exp(p["end"] - p["b"])
+        if seg:
+            dk_s = dk_s * p["reach"]
+        r["dk_h"][j] = r["dk_h"][j] + dk_s
+        if kind != "none":
+            t = kd.astype(F32) * dkd                            # d/d(end - b) of the state step
+            dD = jnp.sum(dS * S, axis=1, keepdims=True)         # [K, 1]: d/d(row decay)
+            if kind == "scalar":
+                t = jnp.sum(t, axis=1, keepdims=True)           # [C, 1]
+                dend = jnp.sum(t, axis=0, keepdims=True) + jnp.sum(dD, axis=0, keepdims=True) * dec
+            else:
+                dend = jnp.sum(t, axis=0, keepdims=True) + (dD * dec).T   # [1, K]
+            db = r["db"][...] - t + jnp.where(last, dend, 0.0)
+            if kind == "scalar":   # dg_j = sum_{i >= j} db_i, as a row [1, C]
+                r["dg_h"][j] = mm(db.T, tril)
+            else:
+                r["dg_h"][j] = mm_tn(tril, db)
+        dSp = r["dh"][...] + (dS if dec is None else dS * dec)
+        dS_ref[j] = dSp
+        return carry
+
+    lax.fori_loop(0, HB, head, 0)
+    for j in range(HB):
+        r["dq"][:, j, :] = (r["dq_h"][j] * scale).astype(r["dq"].dtype)
+        r["dk"][:, j, :] = r["dk_h"][j].astype(r["dk"].dtype)
+        r["dv"][:, j, :] = r["dv_h"][j].astype(r["dv"].dtype)
+        if kind == "key":
+            r["dg"][:, j, :] = r["dg_h"][j]
+        elif kind == "scalar":
+            r["dg"][pl.ds(j, 1), :] = r["dg_h"][j]
+
+    @pl.when(i == n_chunks - 1)
+    def _fin():
+        if r["dh0"] is not None:
+            r["dh0"][...] = dS_ref[...]
+
+
+def _operands(kind, C, q, k, v, g, h0, ids, reverse):
+    """Inputs and BlockSpecs of both kernels over the grid (B, H / HB, N) (chunk N - 1 - n when
+    `reverse`)."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    N = T // C
+    HB = _heads_block(H)
+    c = (lambda n: N - 1 - n) if reverse else (lambda n: n)
+    tok = lambda d: pl.BlockSpec((None, C, HB, d), lambda b, h, n: (b, c(n), h, 0))  # noqa: E731
+    specs = {
+        "q": tok(K), "k": tok(K), "v": tok(V), "g": tok(K), "o": tok(V), "do": tok(V),
+        "dq": tok(K), "dk": tok(K), "dv": tok(V),
+        "gc": pl.BlockSpec((None, None, HB, C), lambda b, h, n: (b, c(n), h, 0)),
+        "states": pl.BlockSpec((None, HB, None, K, V), lambda b, h, n: (b, h, c(n), 0, 0)),
+        **{nm: pl.BlockSpec((None, None, C, 1), lambda b, h, n: (b, c(n), 0, 0))
+           for nm in ("rcol", "carry")},
+        "rrow": pl.BlockSpec((None, None, 1, C), lambda b, h, n: (b, c(n), 0, 0)),
+        **{nm: pl.BlockSpec((None, HB, K, V), lambda b, h, n: (b, h, 0, 0))
+           for nm in ("h0", "hT", "dhT", "dh0")},
+    }
+    specs["dg"] = specs["g"] if kind == "key" else specs["gc"]
+    inputs = {"q": q, "k": k, "v": v, "g": g if kind == "key" else None, "gc": None,
+              "rcol": None, "rrow": None, "carry": None}
+    if kind == "scalar":  # [B, T, H] gates: their chunk-local sums are cheap here, [B, N, H, C]
+        inputs["gc"] = jnp.moveaxis(jnp.cumsum(g.astype(F32).reshape(B, N, C, H), axis=2), 3, 2)
+    if ids is not None:
+        segs = Segments(ids).chunked(C)
+        rid = segs.rid[:, 0].astype(F32)                        # [B, N, C], exact below 2**24
+        inputs["rcol"], inputs["rrow"] = rid[..., None], rid[..., None, :]
+        inputs["carry"] = segs.first[:, 0].astype(F32)[..., None]
+    return inputs, specs, HB
+
+
+def _head_scratch(kind, HB, C, K, V, dtypes, extra=()):
+    from jax.experimental.pallas import tpu as pltpu
+
+    dims = {"q": K, "k": K, "v": V, "do": V, "dq": K, "dk": K, "dv": V}
+    scratch = {f"{nm}_h": pltpu.VMEM((HB, C, dims[nm]), dtypes.get(nm, F32))
+               for nm in ("q", "k", "v") + tuple(extra)}
+    if kind == "key":
+        scratch["b_h"] = pltpu.VMEM((HB, C, K), F32)
+    elif kind == "scalar":
+        scratch["bcol_h"] = pltpu.VMEM((HB, C, 1), F32)
+        scratch["brow_h"] = pltpu.VMEM((HB, 1, C), F32)
+    return scratch
+
+
+def _forward(backend, kind, scale, C, q, k, v, g, h0, ids, save_states):
+    """The fused forward on the padded problem: (o [B, T, H, V] in v's dtype, hT f32 [B, H, K, V],
+    states [B, H, N, K, V] in the matmul dtype (the state entering each chunk) or None)."""
+    from jax.experimental.pallas import tpu as pltpu
+
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    N = T // C
+    inputs, specs, HB = _operands(kind, C, q, k, v, g, h0, ids, reverse=False)
+    inputs["h0"] = h0
+    outputs = {"o": jax.ShapeDtypeStruct((B, T, H, V), v.dtype),
+               "hT": jax.ShapeDtypeStruct((B, H, K, V), F32),
+               "states": (jax.ShapeDtypeStruct((B, H, N, K, V), compute_dtype(q, k, v))
+                          if save_states else None)}
+    scratch = {"S": pltpu.VMEM((HB, K, V), F32), "o_acc": pltpu.VMEM((HB, C, V), F32),
+               **_head_scratch(kind, HB, C, K, V, {"q": q.dtype, "k": k.dtype, "v": v.dtype})}
+    out = call(functools.partial(_fwd_kernel_fused, kind=kind, seg=ids is not None, C=C, HB=HB,
+                                 n_chunks=N, scale=scale),
+               backend=backend, grid=(B, H // HB, N), inputs=inputs, outputs=outputs,
+               in_specs=specs, out_specs=specs, scratch=scratch,
+               semantics=("parallel", "parallel", "arbitrary"), name=f"chunk_fused_fwd_{kind}")
+    return out["o"], out["hT"], out["states"]
+
+
+def _backward(backend, kind, scale, C, q, k, v, g, h0, ids, states, do, dhT):
+    """The fused backward: (dq, dk, dv, dg, dh0) from the saved entering states."""
+    from jax.experimental.pallas import tpu as pltpu
+
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    N = T // C
+    inputs, specs, HB = _operands(kind, C, q, k, v, g, h0, ids, reverse=True)
+    inputs.update(states=states, do=do, dhT=dhT.astype(F32))
+    sds = jax.ShapeDtypeStruct
+    dg = None
+    if kind == "key":
+        dg = sds(g.shape, F32)
+    elif kind == "scalar":
+        dg = sds((B, N, H, C), F32)
+    outputs = {"dq": sds(q.shape, q.dtype), "dk": sds(k.shape, k.dtype), "dv": sds(v.shape, v.dtype),
+               "dg": dg, "dh0": None if h0 is None else sds(h0.shape, F32)}
+    scratch = {"dS": pltpu.VMEM((HB, K, V), F32), "dh": pltpu.VMEM((K, V), F32),
+               **_head_scratch(kind, HB, C, K, V, {"q": q.dtype, "k": k.dtype, "v": v.dtype},
+                               extra=("do", "dq", "dk", "dv"))}
+    if kind != "none":
+        scratch["db"] = pltpu.VMEM((C, K if kind == "key" else 1), F32)
+        scratch["dg_h"] = pltpu.VMEM((HB, C, K) if kind == "key" else (HB, 1, C), F32)
+    out = call(functools.partial(_bwd_kernel_fused, kind=kind, seg=ids is not None, C=C, HB=HB,
+                                 n_chunks=N, scale=scale),
+               backend=backend, grid=(B, H // HB, N), inputs=inputs, outputs=outputs,
+               in_specs=specs, out_specs=specs, scratch=scratch,
+               semantics=("parallel", "parallel", "arbitrary"), name=f"chunk_fused_bwd_{kind}")
+    dg = out["dg"]
+    if kind == "scalar":
+        dg = jnp.moveaxis(dg, 2, 3).reshape(B, T, H)
+    dg = None if dg is None else dg.astype(g.dtype)
+    return out["dq"], out["dk"], out["dv"], dg, out["dh0"]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _fused(backend, kind, scale, C, q, k, v, g, h0, ids):
+    o, hT, _ = _forward(backend, kind, scale, C, q, k, v, g, h0, ids, save_states=False)
+    return o, hT
+
+
+def _fused_fwd(backend, kind, scale, C, q, k, v, g, h0, ids):
+    o, hT, states = _forward(backend, kind, scale, C, q, k, v, g, h0, ids, save_states=True)
+    return (o, hT), (q, k, v, g, h0, ids, states)
+
+
+def _fused_bwd(backend, kind, scale, C, res, cts):
+    q, k, v, g, h0, ids, states = res
+    do, dhT = cts
+    dq, dk, dv, dg, dh0 = _backward(backend, kind, scale, C, q, k, v, g, h0, ids, states, do, dhT)
+    dids = None if ids is None else jnp.zeros(ids.shape, jax.dtypes.float0)
+    return dq, dk, dv, dg, dh0, dids
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)
+
+
+def fused_scan(kind, q, k, v, g, *, scale, initial_state, segments, chunk_size):
+    """linear_attention ("none"), simple_gla ("scalar") or gla ("key") through the fused kernels.
+
+    Args:
+      q, k: [B, T, H, K]; v: [B, T, H, V]; g: None, [B, T, H] or [B, T, H, K] per `kind` (T a
+        multiple of chunk_size); initial_state: f32 [B, H, K, V] or None; segments: `Segments`
+        or None.
+
+    Returns:
+      (o [B, T, H, V] in v's dtype, final state f32 [B, H, K, V]).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    ids = None if segments is None else segments.ids
+    h0 = None if initial_state is None else initial_state.astype(F32)
+    return _fused(_backend.current(), kind, float(scale), chunk_size, q, k, v, g, h0, ids)
