@@ -294,30 +294,32 @@ def gated_delta_rule(q, k, v, g, beta, *, scale, initial_state=None, segments=No
     B, T, H, K = q.shape
     C = chunk_size
     segs = None if segments is None else segments.chunked(C)
-    qc, kc, vc = chunk(q, C) * scale, chunk(k, C), chunk(v, C)
+    qc, kc, vc = chunk(q, C), chunk(k, C), chunk(v, C)
     bc = chunk(beta, C)
     ld = log_decays(chunk(g, C), segs)
     u, w, gam = _wy(kc, vc, bc, ld, segs, C)
     S0 = _init_state(initial_state, B, H, K, v.shape[-1])
-    scores = _einsum("...ik,...jk->...ij", qc, kc) * gam
-    o, S_N = _delta_pass(S0, jnp.exp(ld.total)[..., None, None], kc * jnp.exp(ld.to_end)[..., None],
-                         u, w, qc * jnp.exp(ld.into)[..., None], scores)
+    scores = _einsum("...ik,...jk->...ij", qc, kc) * (scale * gam)
+    o, S_N = _delta_pass(S0, jnp.exp(ld.total), kc, jnp.exp(ld.to_end), u, w, qc,
+                         scale * jnp.exp(ld.into), scores)
     return from_chunks(o), S_N
 
 
-def _delta_pass(S0, decay, kd, u, w, qd, scores):
+def _delta_pass(S0, decay, k, k_gain, u, w, q, q_gain, scores):
     """The delta family's state pass with the output in the same scan, so that the per-chunk
-    states are never stacked in the forward: per chunk n, v_new = u - w S, o = qd S + scores v_new,
-    S <- decay S + kd^T v_new. Shapes as in `state_pass`, qd [B, H, N, C, K], scores
-    [B, H, N, C, C]; returns (o [B, H, N, C, V], S_N)."""
+    states are never stacked in the forward: per chunk n, with kd = k_gain k and qd = q_gain q,
+    v_new = u - w S, o = qd S + scores v_new, S <- decay S + kd^T v_new. The gains are applied
+    inside the scan (no scaled copies of q and k). decay [B, H, N]; k_gain, q_gain [B, H, N, C];
+    k, q, w [B, H, N, C, K]; u [B, H, N, C, V]; scores [B, H, N, C, C]. Returns
+    (o [B, H, N, C, V], S_N)."""
 
     def step(S, x):
-        dec, kn, un, wn, qn, pn = x
+        dec, kn, ke, un, wn, qn, qe, pn = x
         vn = un - _einsum("bhck,bhkv->bhcv", wn, S)
-        o = _einsum("bhck,bhkv->bhcv", qn, S) + _einsum("bhij,bhjv->bhiv", pn, vn)
-        return dec * S + _einsum("bhck,bhcv->bhkv", kn, vn), o
+        o = _einsum("bhck,bhkv->bhcv", qn * qe[..., None], S) + _einsum("bhij,bhjv->bhiv", pn, vn)
+        return dec[..., None, None] * S + _einsum("bhck,bhcv->bhkv", kn * ke[..., None], vn), o
 
-    xs = [jnp.moveaxis(x, 2, 0) for x in (decay, kd, u, w, qd, scores)]
+    xs = [jnp.moveaxis(x, 2, 0) for x in (decay, k, k_gain, u, w, q, q_gain, scores)]
     S_N, o = jax.lax.scan(step, S0, xs)
     return jnp.moveaxis(o, 0, 2), S_N
 
