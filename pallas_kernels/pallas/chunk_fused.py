@@ -40,7 +40,8 @@ from pallas_kernels.pallas import _backend
 from pallas_kernels.pallas._common import F32, call, compute_dtype, mm, mm_nt, mm_tn
 from pallas_kernels.pallas.chunk_output import SUB_CHUNK, _bwd_kernel, _fwd_kernel
 
-KINDS = ("none", "scalar", "key")
+KINDS = ("none", "scalar", "key", "value")
+CHANNEL = ("key", "value")  # per-channel gates: [B, T, H, K] on the key axis, [B, T, H, V] on the value axis
 
 
 def applies(kind: str, backend=None) -> bool:
@@ -61,6 +62,11 @@ def _heads_block(H: int) -> int:
     return 8 if H % 8 == 0 else H
 
 
+def _mode(kind):
+    """chunk_output's mode of a kind ("none" is an undecayed "scalar")."""
+    return kind if kind in CHANNEL else "scalar"
+
+
 def _tril(C):
     t = lax.broadcasted_iota(jnp.int32, (C, C), 0)
     s = lax.broadcasted_iota(jnp.int32, (C, C), 1)
@@ -78,7 +84,7 @@ def _load_heads(r, kind, HB, scale, names):
             if nm == "q":
                 x = (x.astype(F32) * scale).astype(x.dtype)
             r[nm + "_h"][j] = x.astype(r[nm + "_h"].dtype)
-        if kind == "key":
+        if kind in CHANNEL:
             r["b_h"][j] = mm(_tril(r["q"].shape[0]), r["g"][:, j, :].astype(F32))
         elif kind == "scalar":
             row = r["gc"][pl.ds(j, 1), :]                       # [1, C]
@@ -97,27 +103,28 @@ def _view(r, j, **extra):
 
 
 def _state_step(view, kind, seg):
-    """Chunk_state's step operands for one head: (kd [C, K], the decay of the state rows [K, 1]
-    or [1, 1] or None, the pieces the backward needs). kd is k decayed to the chunk end (zero where
-    a reset follows); S_n = dec * S_{n-1} + kd^T v."""
-    k = view["k"][...]
-    kd, dec, end, b, reach, keep = k, None, None, None, None, None
-    if kind == "scalar":
-        b = view["bcol"][...]                                  # [C, 1]
-        end = _last_row(b)                                     # [1, 1]
-    elif kind == "key":
-        b = view["b"][...]                                     # [C, K]
-        end = _last_row(b)                                     # [1, K]
-    if b is not None:
-        kd = (k.astype(F32) * jnp.exp(end - b)).astype(k.dtype)
-        dec = jnp.exp(end) if kind == "scalar" else jnp.exp(end).T
+    """Chunk_state's step operands for one head: (kd [C, K], vd [C, V], dec, the pieces the
+    backward needs), with S_n = dec * S_{n-1} + kd^T vd. kd (vd for "value") is decayed to the
+    chunk end and zeroed where a reset follows; dec decays the state's rows ([K, 1]; "scalar":
+    [1, 1]), its columns ("value": [1, V]) or nothing (None)."""
+    k, v = view["k"][...], view["v"][...]
+    kd, vd, dec, end, b, e, reach, keep = k, v, None, None, None, None, None, None
+    if kind != "none":
+        b = view["bcol"][...] if kind == "scalar" else view["b"][...]   # [C, 1] | [C, D]
+        end = _last_row(b)                                     # [1, 1] | [1, D]
+        e = jnp.exp(end - b)                                   # decay from i to the chunk end
+        dec = jnp.exp(end).T if kind == "key" else jnp.exp(end)
+        if kind == "value":
+            vd = (v.astype(F32) * e).astype(v.dtype)
+        else:
+            kd = (k.astype(F32) * e).astype(k.dtype)
     if seg:
         rid = view["rcol"][...]                                # [C, 1]
         reach = jnp.where(rid == _last_row(rid), 1.0, 0.0)     # in the last position's segment
         kd = (kd.astype(F32) * reach).astype(k.dtype)
         keep = _last_row(view["carry"][...])                   # no reset inside the chunk
         dec = keep if dec is None else dec * keep
-    return kd, dec, dict(end=end, b=b, reach=reach, keep=keep)
+    return kd, vd, dec, dict(e=e, reach=reach)
 
 
 def _fwd_kernel_fused(r, *, kind, seg, C, HB, n_chunks, scale):
@@ -138,11 +145,11 @@ def _fwd_kernel_fused(r, *, kind, seg, C, HB, n_chunks, scale):
         view = _view(r, j, h=S_ref.at[j], o=r["o_acc"].at[j])
         if r["states"] is not None:
             r["states"].at[j][...] = S_ref[j].astype(r["states"].dtype)
-        _fwd_kernel(view, mode="key" if kind == "key" else "scalar", decayed=kind == "scalar",
-                    seg=seg, C=C, c=min(SUB_CHUNK, C), tpu=True)
-        kd, dec, _ = _state_step(view, kind, seg)
+        _fwd_kernel(view, mode=_mode(kind), decayed=kind == "scalar", seg=seg, C=C,
+                    c=min(SUB_CHUNK, C), tpu=True)
+        kd, vd, dec, _ = _state_step(view, kind, seg)
         S = S_ref[j]
-        S_ref[j] = (S if dec is None else S * dec) + mm_tn(kd.astype(cdt), view["v"][...].astype(cdt))
+        S_ref[j] = (S if dec is None else S * dec) + mm_tn(kd.astype(cdt), vd.astype(cdt))
         return carry
 
     lax.fori_loop(0, HB, head, 0)
@@ -174,27 +181,32 @@ def _bwd_kernel_fused(r, *, kind, seg, C, HB, n_chunks, scale):
     def head(j, carry):
         view = _view(r, j, h=r["states"].at[j], do=r["do_h"].at[j], dq=r["dq_h"].at[j],
                      dk=r["dk_h"].at[j], dv=r["dv_h"].at[j], dh=r["dh"], db=r.get("db"))
-        _bwd_kernel(view, mode="key" if kind == "key" else "scalar", decayed=kind == "scalar",
-                    seg=seg, C=C, c=min(SUB_CHUNK, C), tpu=True)
-        kd, dec, p = _state_step(view, kind, seg)
-        v = view["v"][...]
+        _bwd_kernel(view, mode=_mode(kind), decayed=kind == "scalar", seg=seg, C=C,
+                    c=min(SUB_CHUNK, C), tpu=True)
+        kd, vd, dec, p = _state_step(view, kind, seg)
         S, dS = view["h"][...], dS_ref[j]
-        dkd = mm_nt(v.astype(cdt), dS.astype(cdt))            # [C, K] = v dS^T
-        r["dv_h"][j] = r["dv_h"][j] + mm(kd.astype(cdt), dS.astype(cdt))
-        dk_s = dkd
-        if p["b"] is not None:
-            dk_s = dk_s * jnp.exp(p["end"] - p["b"])
+        dSc = dS.astype(cdt)
+        dkd = mm_nt(vd.astype(cdt), dSc)                       # [C, K] = vd dS^T
+        dvd = mm(kd.astype(cdt), dSc)                          # [C, V] = kd dS
+        dk_s = dkd * p["e"] if kind in ("scalar", "key") else dkd
         if seg:
             dk_s = dk_s * p["reach"]
         r["dk_h"][j] = r["dk_h"][j] + dk_s
+        r["dv_h"][j] = r["dv_h"][j] + (dvd * p["e"] if kind == "value" else dvd)
         if kind != "none":
-            t = kd.astype(F32) * dkd                            # d/d(end - b) of the state step
-            dD = jnp.sum(dS * S, axis=1, keepdims=True)         # [K, 1]: d/d(row decay)
-            if kind == "scalar":
-                t = jnp.sum(t, axis=1, keepdims=True)           # [C, 1]
-                dend = jnp.sum(t, axis=0, keepdims=True) + jnp.sum(dD, axis=0, keepdims=True) * dec
+            # d/d(end - b_i) of the state step (t) and d/d(end) through the state's decay (dend)
+            dSS = dS * S.astype(F32)
+            if kind == "value":
+                t = vd.astype(F32) * dvd                                       # [C, V]
+                dend = jnp.sum(t, axis=0, keepdims=True) + jnp.sum(dSS, axis=0, keepdims=True) * dec
             else:
-                dend = jnp.sum(t, axis=0, keepdims=True) + (dD * dec).T   # [1, K]
+                t = kd.astype(F32) * dkd                                        # [C, K]
+                if kind == "scalar":
+                    t = jnp.sum(t, axis=1, keepdims=True)                       # [C, 1]
+                    dend = jnp.sum(t, axis=0, keepdims=True) + jnp.sum(dSS) * dec
+                else:
+                    dend = (jnp.sum(t, axis=0, keepdims=True)
+                            + (jnp.sum(dSS, axis=1, keepdims=True) * dec).T)   # [1, K]
             db = r["db"][...] - t + jnp.where(last, dend, 0.0)
             if kind == "scalar":   # dg_j = sum_{i >= j} db_i, as a row [1, C]
                 r["dg_h"][j] = mm(db.T, tril)
@@ -209,7 +221,7 @@ def _bwd_kernel_fused(r, *, kind, seg, C, HB, n_chunks, scale):
         r["dq"][:, j, :] = (r["dq_h"][j] * scale).astype(r["dq"].dtype)
         r["dk"][:, j, :] = r["dk_h"][j].astype(r["dk"].dtype)
         r["dv"][:, j, :] = r["dv_h"][j].astype(r["dv"].dtype)
-        if kind == "key":
+        if kind in CHANNEL:
             r["dg"][:, j, :] = r["dg_h"][j]
         elif kind == "scalar":
             r["dg"][pl.ds(j, 1), :] = r["dg_h"][j]
@@ -240,8 +252,9 @@ def _operands(kind, C, q, k, v, g, h0, ids, reverse):
         **{nm: pl.BlockSpec((None, HB, K, V), lambda b, h, n: (b, h, 0, 0))
            for nm in ("h0", "hT", "dhT", "dh0")},
     }
-    specs["dg"] = specs["g"] if kind == "key" else specs["gc"]
-    inputs = {"q": q, "k": k, "v": v, "g": g if kind == "key" else None, "gc": None,
+    specs["g"] = tok(V) if kind == "value" else tok(K)
+    specs["dg"] = specs["g"] if kind in CHANNEL else specs["gc"]
+    inputs = {"q": q, "k": k, "v": v, "g": g if kind in CHANNEL else None, "gc": None,
               "rcol": None, "rrow": None, "carry": None}
     if kind == "scalar":  # [B, T, H] gates: their chunk-local sums are cheap here, [B, N, H, C]
         inputs["gc"] = jnp.moveaxis(jnp.cumsum(g.astype(F32).reshape(B, N, C, H), axis=2), 3, 2)
@@ -259,15 +272,15 @@ def _head_scratch(kind, HB, C, K, V, dtypes, extra=()):
     dims = {"q": K, "k": K, "v": V, "do": V, "dq": K, "dk": K, "dv": V}
     scratch = {f"{nm}_h": pltpu.VMEM((HB, C, dims[nm]), dtypes.get(nm, F32))
                for nm in ("q", "k", "v") + tuple(extra)}
-    if kind == "key":
-        scratch["b_h"] = pltpu.VMEM((HB, C, K), F32)
+    if kind in CHANNEL:
+        scratch["b_h"] = pltpu.VMEM((HB, C, K if kind == "key" else V), F32)
     elif kind == "scalar":
         scratch["bcol_h"] = pltpu.VMEM((HB, C, 1), F32)
         scratch["brow_h"] = pltpu.VMEM((HB, 1, C), F32)
     return scratch
 
 
-def _forward(backend, kind, scale, C, q, k, v, g, h0, ids, save_states):
+def _forward(backend, kind, scale, C, out_dtype, q, k, v, g, h0, ids, save_states):
     """The fused forward on the padded problem: (o [B, T, H, V] in v's dtype, hT f32 [B, H, K, V],
     states [B, H, N, K, V] in the matmul dtype (the state entering each chunk) or None)."""
     from jax.experimental.pallas import tpu as pltpu
@@ -277,7 +290,7 @@ def _forward(backend, kind, scale, C, q, k, v, g, h0, ids, save_states):
     N = T // C
     inputs, specs, HB = _operands(kind, C, q, k, v, g, h0, ids, reverse=False)
     inputs["h0"] = h0
-    outputs = {"o": jax.ShapeDtypeStruct((B, T, H, V), v.dtype),
+    outputs = {"o": jax.ShapeDtypeStruct((B, T, H, V), out_dtype or v.dtype),
                "hT": jax.ShapeDtypeStruct((B, H, K, V), F32),
                "states": (jax.ShapeDtypeStruct((B, H, N, K, V), compute_dtype(q, k, v))
                           if save_states else None)}
@@ -302,7 +315,7 @@ def _backward(backend, kind, scale, C, q, k, v, g, h0, ids, states, do, dhT):
     inputs.update(states=states, do=do, dhT=dhT.astype(F32))
     sds = jax.ShapeDtypeStruct
     dg = None
-    if kind == "key":
+    if kind in CHANNEL:
         dg = sds(g.shape, F32)
     elif kind == "scalar":
         dg = sds((B, N, H, C), F32)
@@ -312,8 +325,9 @@ def _backward(backend, kind, scale, C, q, k, v, g, h0, ids, states, do, dhT):
                **_head_scratch(kind, HB, C, K, V, {"q": q.dtype, "k": k.dtype, "v": v.dtype},
                                extra=("do", "dq", "dk", "dv"))}
     if kind != "none":
-        scratch["db"] = pltpu.VMEM((C, K if kind == "key" else 1), F32)
-        scratch["dg_h"] = pltpu.VMEM((HB, C, K) if kind == "key" else (HB, 1, C), F32)
+        D = {"scalar": 1, "key": K, "value": V}[kind]
+        scratch["db"] = pltpu.VMEM((C, D), F32)
+        scratch["dg_h"] = pltpu.VMEM((HB, 1, C) if kind == "scalar" else (HB, C, D), F32)
     out = call(functools.partial(_bwd_kernel_fused, kind=kind, seg=ids is not None, C=C, HB=HB,
                                  n_chunks=N, scale=scale),
                backend=backend, grid=(B, H // HB, N), inputs=inputs, outputs=outputs,
@@ -326,18 +340,19 @@ def _backward(backend, kind, scale, C, q, k, v, g, h0, ids, states, do, dhT):
     return out["dq"], out["dk"], out["dv"], dg, out["dh0"]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
-def _fused(backend, kind, scale, C, q, k, v, g, h0, ids):
-    o, hT, _ = _forward(backend, kind, scale, C, q, k, v, g, h0, ids, save_states=False)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))
+def _fused(backend, kind, scale, C, out_dtype, q, k, v, g, h0, ids):
+    o, hT, _ = _forward(backend, kind, scale, C, out_dtype, q, k, v, g, h0, ids, save_states=False)
     return o, hT
 
 
-def _fused_fwd(backend, kind, scale, C, q, k, v, g, h0, ids):
-    o, hT, states = _forward(backend, kind, scale, C, q, k, v, g, h0, ids, save_states=True)
+def _fused_fwd(backend, kind, scale, C, out_dtype, q, k, v, g, h0, ids):
+    o, hT, states = _forward(backend, kind, scale, C, out_dtype, q, k, v, g, h0, ids,
+                             save_states=True)
     return (o, hT), (q, k, v, g, h0, ids, states)
 
 
-def _fused_bwd(backend, kind, scale, C, res, cts):
+def _fused_bwd(backend, kind, scale, C, out_dtype, res, cts):
     q, k, v, g, h0, ids, states = res
     do, dhT = cts
     dq, dk, dv, dg, dh0 = _backward(backend, kind, scale, C, q, k, v, g, h0, ids, states, do, dhT)
@@ -348,19 +363,22 @@ def _fused_bwd(backend, kind, scale, C, res, cts):
 _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
-def fused_scan(kind, q, k, v, g, *, scale, initial_state, segments, chunk_size):
-    """linear_attention ("none"), simple_gla ("scalar") or gla ("key") through the fused kernels.
+def fused_scan(kind, q, k, v, g, *, scale, initial_state, segments, chunk_size, out_dtype=None):
+    """One gated-linear pass through the fused kernels: linear_attention ("none"), simple_gla
+    ("scalar"), gla ("key"), or the gate on the value axis ("value", gsa's first pass).
 
     Args:
-      q, k: [B, T, H, K]; v: [B, T, H, V]; g: None, [B, T, H] or [B, T, H, K] per `kind` (T a
-        multiple of chunk_size); initial_state: f32 [B, H, K, V] or None; segments: `Segments`
-        or None.
+      q, k: [B, T, H, K]; v: [B, T, H, V]; g: None, [B, T, H], [B, T, H, K] or [B, T, H, V] per
+        `kind` (T a multiple of chunk_size); initial_state: f32 [B, H, K, V] or None; segments:
+        `Segments` or None; out_dtype: o's dtype (default v's).
 
     Returns:
-      (o [B, T, H, V] in v's dtype, final state f32 [B, H, K, V]).
+      (o [B, T, H, V], final state f32 [B, H, K, V]).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     ids = None if segments is None else segments.ids
     h0 = None if initial_state is None else initial_state.astype(F32)
-    return _fused(_backend.current(), kind, float(scale), chunk_size, q, k, v, g, h0, ids)
+    out_dtype = None if out_dtype is None else jnp.dtype(out_dtype)
+    return _fused(_backend.current(), kind, float(scale), chunk_size, out_dtype, q, k, v, g, h0,
+                  ids)

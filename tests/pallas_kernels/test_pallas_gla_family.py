@@ -75,9 +75,9 @@ def test_larger_chunks_and_head_dims(op, pallas_flavour):
 
 
 @pytest.mark.parametrize("pallas_flavour", ["tpu"], indirect=True)
-@pytest.mark.parametrize("op", ["linear_attention", "simple_gla", "gla"])
-def test_fused_forward_head_blocks(op, pallas_flavour):
-    """The TPU flavour's fused forward (pallas/chunk_fused.py) reads [B, T, H, D] in blocks of 8
+@pytest.mark.parametrize("op", FAMILY)
+def test_fused_kernels_head_blocks(op, pallas_flavour):
+    """The TPU flavour's fused kernels (pallas/chunk_fused.py) read [B, T, H, D] in blocks of 8
     heads: H = 16 gives two head blocks per chunk, each a loop over its heads."""
     assert_matches_oracle(op, 2e-3, chunk_size=16, B=1, T=37, H=16, K=16, V=32, M=16, decay=1.0,
                           seed=16)
