@@ -320,7 +320,9 @@ def _delta_pass(S0, decay, k, k_gain, u, w, q, q_gain, scores):
         return dec[..., None, None] * S + _einsum("bhck,bhcv->bhkv", kn * ke[..., None], vn), o
 
     xs = [jnp.moveaxis(x, 2, 0) for x in (decay, k, k_gain, u, w, q, q_gain, scores)]
-    S_N, o = jax.lax.scan(step, S0, xs)
+    # Under differentiation each step keeps only its inputs (the incoming state and its slices):
+    # the backward recomputes v_new = u - w S and the gained q and k instead of stacking them.
+    S_N, o = jax.lax.scan(jax.checkpoint(step, prevent_cse=False), S0, xs)
     return jnp.moveaxis(o, 0, 2), S_N
 
 
