@@ -282,7 +282,7 @@ def _wy(kc, vc, bc, ld: LogDecays, segs, C):
     U = T^{-1} diag(beta) V and W = T^{-1} diag(beta * gamma) K."""
     gam = jnp.exp(_pair_log_decay(ld.gc, segs, C))  # [.., C, C]
     lower = _einsum("...ik,...jk->...ij", kc, kc) * gam * bc[..., :, None]
-    a = unit_lower_inverse(jnp.where(_causal(C, strict=True), lower, 0.0))
+    a = unit_lower_inverse(lower)  # reads only the strictly lower part; its backward masks dL
     u = _einsum("...ij,...jv->...iv", a, bc[..., None] * vc)
     w = _einsum("...ij,...jk->...ik", a, (bc * jnp.exp(ld.into))[..., None] * kc)
     return u, w, gam
