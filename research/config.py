@@ -93,6 +93,10 @@ class ModelConfig:
       gate_logit_normalizer: g = logsigmoid(.) / normalizer (gla, gsa).
       gate_low_rank_dim: rank of gla's vector-gate projection.
       init_half_life: if set, gate biases start so the decay halves the state every this many tokens.
+      max_half_life: gla's decay floor (Stuffed Mamba's "forget more"): if set, every per-token
+        decay is at most 2^(-1 / max_half_life), i.e. the log decay g <= -ln 2 / max_half_life,
+        so the state keeps at most about 1.44 * max_half_life tokens' worth of writes and its norm
+        stays bounded however long the input (None: no floor, the gate may close to 1).
       qk_norm: "l2" or "none" for deltanet / gated_deltanet keys and queries.
       use_beta: deltanet's data-dependent write strength (else beta = 1).
       num_slots: gsa's M.
@@ -136,6 +140,7 @@ class ModelConfig:
     gate_logit_normalizer: float | None = None
     gate_low_rank_dim: int = 16
     init_half_life: float | None = None
+    max_half_life: float | None = None
     qk_norm: str = "l2"
     use_beta: bool = True
     num_slots: int = 64
@@ -200,7 +205,8 @@ class ModelConfig:
             self._fail("dt_max", f"must be > dt_min={self.dt_min}")
         if not self.a_init_min < self.a_init_max:
             self._fail("a_init_max", f"must be > a_init_min={self.a_init_min}")
-        for field in ("expand_k", "expand_v", "gate_logit_normalizer", "init_half_life"):
+        for field in ("expand_k", "expand_v", "gate_logit_normalizer", "init_half_life",
+                      "max_half_life"):
             check_number(name(field), getattr(self, field), 0.0, exclusive_minimum=True,
                          optional=True)
         check_choice(name("feature_map"), self.feature_map, FEATURE_MAPS, optional=True)
@@ -225,6 +231,9 @@ class ModelConfig:
         if self.decay is not None and "gla" not in used:
             self._fail("decay", f"only the gla mixer has a decay knob (retnet's is fixed, "
                                 f"linear_attention has none); layers use {sorted(used)}")
+        if self.max_half_life is not None and "gla" not in used:
+            self._fail("max_half_life", f"only the gla mixer has a decay floor; layers use "
+                                        f"{sorted(used)}")
         if self.gate_logit_normalizer is not None and not used & {"gla", "gsa"}:
             self._fail("gate_logit_normalizer", f"only gla and gsa use it; layers use {sorted(used)}")
         if "s4d" in used and self.d_state % 2:

@@ -8,9 +8,17 @@
 `decay` swaps the gate for the ablation ladder: "scalar" (g = logsigmoid(x w_h + b) / normalizer
 per head, `simple_gla`), "fixed" (RetNet's per-head constant, or `init_half_life`), "none"
 (`linear_attention`). `LinearAttention` and `RetNet` are this module with the decay pinned.
+
+`max_half_life` (None: off) is a decay floor, the "forget more" mitigation of state collapse
+(Chen et al. 2024, "Stuffed Mamba"): the log decay is clamped to g <= -ln 2 / max_half_life on
+every token (and channel), so no gate can hold the state longer than that half-life and the state
+norm stays bounded past the training length. Applies to the learned gates ("vector", "scalar")
+and to "fixed".
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -61,7 +69,14 @@ class GLA(common.Mixer):
 
     def log_decay(self, x):
         """The log-decay gate for x [B, T, D]: [B, T, H, K] (vector) or [B, T, H] (scalar, fixed);
-        None for decay="none"."""
+        None for decay="none". With `max_half_life` set, clamped to <= -ln 2 / max_half_life."""
+        g = self._log_decay(x)
+        floor = self.cfg.max_half_life if self.forced_decay is None else None
+        if g is None or floor is None:
+            return g
+        return jnp.minimum(g, -math.log(2.0) / float(floor))
+
+    def _log_decay(self, x):
         B, T, _ = x.shape
         H = self.n_heads
         if self.decay == "vector":
