@@ -37,14 +37,16 @@ TITLE = "State collapse on CPU: passkey beyond the training length, state norm, 
 VOCAB = 32
 PASSKEY_LEN = 2
 D_MODEL = 32
-STEPS = 500
+STEPS = 400
+BATCH = 64
+FLOOR = 64.0  # gla-floor's max_half_life (tokens): the decay floor
+NEEDLE_DISTANCE = 32  # the "recent needle" probe: KEY this many tokens before the QUERY
 SEEDS = (0, 1)
 EVAL_LENGTHS = (64, 128, 256, 512, 1024)
 WORKDIR = "runs/state_collapse_cpu"
 # (name, mixer, training length, batch, extra model fields)
-MODELS = (("gla", "gla", 64, 32, {}), ("mamba2", "mamba2", 64, 32, {"d_state": 8}),
-          ("gla-L256", "gla", 256, 8, {}))
-
+MODELS = (("gla", "gla", 64, BATCH, {}), ("deltanet", "deltanet", 64, BATCH, {}),
+          ("gla-floor", "gla", 64, BATCH, {"max_half_life": FLOOR}))
 
 def config(mixer, train_len, batch_size, d_model=D_MODEL, vocab=VOCAB, steps=STEPS,
            fields=None, **kw):
@@ -68,11 +70,22 @@ FIGURES = [
 ]
 
 
-def probe_run(run_dir, lengths, num_examples=128, batch_size=16, norm_examples=4, chunk=16):
-    """Passkey accuracy at each of `lengths` and the state norm along max(lengths) tokens for
-    the trained run in `run_dir` (cached in run_dir/collapse_probe.json)."""
+def _recent_depth(task, seq_len, distance):
+    """The depth that puts the KEY `distance` tokens before the QUERY at `seq_len` (clipped to
+    the start of shorter sequences)."""
+    t = task.with_(seq_len=seq_len)
+    return min(1.0, max(0.0, (t.haystack_len - distance) / (t.haystack_len - t.passkey_len - 1)))
+
+
+def probe_run(run_dir, lengths, num_examples=128, batch_size=16, norm_examples=4, chunk=16,
+              needle_distance=NEEDLE_DISTANCE):
+    """For the trained run in `run_dir` (cached in run_dir/collapse_probe.json): passkey accuracy
+    at each of `lengths` with the needle `min(needle_distance, L_train / 2)` tokens before the
+    query ("recent": within what training saw, so a failure is the state's, not the distance's)
+    and at a uniform depth, and the state norm along max(lengths) tokens."""
     from research.probes.capacity import length_extrapolation
     from research.probes.dynamics import state_norms
+    from research.probes.evaluate import evaluate_task
     from research.probes.runner import eval_task_of
     from research.train.trainer import restore_model
     run_dir = pathlib.Path(run_dir)
@@ -81,19 +94,27 @@ def probe_run(run_dir, lengths, num_examples=128, batch_size=16, norm_examples=4
            "norm_examples": norm_examples, "chunk": chunk}
     if cache.exists():
         saved = json.loads(cache.read_text())
-        if saved.get("key") == key:
+        # a probe cached before the recent-needle probe existed has no "recent_accuracy";
+        # compare then judges it on its uniform-depth accuracy
+        if saved.get("key") == key and saved.get("needle_request", needle_distance) == \
+                needle_distance:
             return saved
     model, cfg, step = restore_model(run_dir)
     task = eval_task_of(cfg)
+    dist = min(needle_distance, task.seq_len // 2)
     acc = length_extrapolation(model, task, [n / task.seq_len for n in lengths],
                                num_examples, batch_size)
+    recent = {str(n): evaluate_task(model, task.with_(seq_len=n, depth=_recent_depth(
+        task, n, dist)), num_examples, batch_size).get("accuracy") for n in lengths}
     longest = max(lengths) - max(lengths) % chunk
     tokens = task.with_(seq_len=longest).batch(range(norm_examples))["tokens"]
     norms = state_norms(model, tokens, chunk)
     per_pos = [float(sum(float(layer["norm"][i].mean()) for layer in norms["layers"]) /
                      max(len(norms["layers"]), 1)) for i in range(len(norms["positions"]))]
     out = {"key": key, "step": step, "train_len": task.seq_len,
+           "needle_request": needle_distance, "needle_distance": dist,
            "accuracy": {str(r["seq_len"]): r.get("accuracy") for r in acc},
+           "recent_accuracy": recent,
            "positions": [int(p) for p in norms["positions"]], "state_norm": per_pos}
     cache.write_text(json.dumps(out, indent=1) + "\n")
     return out
@@ -107,59 +128,104 @@ def _failure_point(acc, lengths, thr):
     return None
 
 
+def _norm_at(p, n):
+    """The state norm of probe `p` at the probed position nearest to `n` tokens."""
+    pos = p["positions"]
+    return p["state_norm"][min(range(len(pos)), key=lambda i: abs(pos[i] - n))]
+
+
+def _num(x):
+    return "-" if x is None else f"{x:.3f}"
+
+
+def _cell(v):
+    v = [x for x in v if x is not None]
+    if not v:
+        return ""
+    return (f"{sum(v) / len(v):.3f} ({min(v):.3f}-{max(v):.3f})" if len(v) > 1
+            else f"{v[0]:.3f}")
+
+
 def compare(rows, lengths=EVAL_LENGTHS, workdir=None, name="state_collapse_cpu",
-            base="gla", mitigated="gla-L256", num_examples=128):
-    """The failure point beyond the training length of each model, the state norm
-    there, and whether the mitigation (`mitigated` against `base`) moves the point out; every
-    verdict by the report's rule (each seed above chance at its training length, 2 seeds)."""
+            base="gla", mitigated=None, num_examples=128):
+    """Where each model fails beyond its training length (passkey with a recent needle: the
+    state's failure, not the needle's distance), the state norm there, and whether the
+    mitigation (`mitigated` against `base`) moves the failure point out; every verdict by the
+    report's rule (each seed above chance at its training length, 2 seeds). `mitigated` None:
+    the first model named `base`-something (here gla-floor)."""
     from research.probes import plots
     from research.sweep.report import chance_threshold
     chance = 1 / 10
     thr = chance_threshold(chance)
     workdir = pathlib.Path(workdir) if workdir else _F["find_workdir"](WORKDIR)
-    probes = {}  # model -> [probe of each seed]
+    probes = {}  # model -> [(seed, probe)]
     for r in rows:
         run_dir = workdir / "runs" / str(r.get("name"))
         if r.get("status") == "done" and (run_dir / "config.json").exists():
-            probes.setdefault(r["model"], []).append(probe_run(run_dir, lengths, num_examples))
+            probes.setdefault(r["model"], []).append(
+                (r.get("seed"), probe_run(run_dir, lengths, num_examples)))
+    if mitigated is None:
+        mitigated = next((m for m in probes if m.startswith(f"{base}-")), f"{base}-floor")
+    for ps in probes.values():  # probes cached before the recent-needle probe existed
+        for _, p in ps:
+            p.setdefault("recent_accuracy", p["accuracy"])
+    big = max(lengths) * 2
+    fmt_fp = lambda f: str(f) if f else f">{max(lengths)}"  # noqa: E731
     lines = ["Published (Chen et al. 2024, \"Stuffed Mamba\"): a recurrent model trained at "
-             "length L fails beyond some longer length while its state norm grows (state "
-             "collapse); training on longer sequences, or forgetting more, moves that point.",
-             "",
-             f"Rule: a run counts as working at a length when its passkey accuracy is >= "
-             f"{thr:.3f} (max(5 x chance, chance + 0.1), chance = 0.1 per digit). A model "
-             "\"fails beyond L\" when both seeds work at the training length and both stop "
-             "working at some evaluated longer length; the mitigation \"moves the point\" when "
-             "its earliest failure point over seeds lies beyond the latest of the base model's "
-             "(a run that never fails counts as beyond the longest length). Fewer than 2 seeds, "
-             "or a seed not working at its training length: not resolved.", "",
-             "Passkey accuracy per evaluation length (mean over seeds, range in brackets), "
-             "failure point per seed, and the state norm (mean over layers and heads) at the "
-             "training length and at the longest length:", "",
-             "| model | train_len | " + " | ".join(f"L={n}" for n in lengths) +
-             " | failure point (per seed) | state norm at train_len | state norm at "
-             f"{max(lengths)} | fails beyond train_len | why |",
-             "|" + "---|" * (len(lengths) + 7)]
+             "length L fails beyond some longer length even when the needle is recent, while "
+             "its state norm grows (state collapse); forgetting more (e.g. a decay floor), "
+             "state normalisation or training on longer sequences moves that point.", "",
+             f"Rule: a run works at a length when its recent-needle passkey accuracy (KEY "
+             f"min({NEEDLE_DISTANCE}, L_train / 2) tokens before the QUERY) is >= {thr:.3f} "
+             "(max(5 x chance, chance + 0.1), chance = 0.1 per digit); its failure point is the "
+             "first evaluated length >= L_train where it does not. A model \"fails beyond "
+             "L_train\" (holds) when both seeds work at the training length and both fail at "
+             "some evaluated length; \"fails\" (not reproduced) when both work at every length. "
+             "The mitigation \"moves the point\" (holds) when its earliest failure point over "
+             "seeds lies beyond the latest of the base model's (never failing counts as beyond "
+             "the longest length); \"fails\" when its latest lies before the base's earliest. "
+             "Fewer than 2 seeds, or a seed not working at its training length: not resolved.",
+             "", "Per seed: recent-needle accuracy at each length (uniform-depth accuracy in "
+             "brackets), failure point, and the state norm (Frobenius, mean over layers and "
+             "heads, 4 sequences) after L_train and after the longest length:", "",
+             "| run | L_train | " + " | ".join(f"L={n}" for n in lengths) +
+             f" | failure point | state norm at L_train | state norm at {max(lengths)} |",
+             "|" + "---|" * (len(lengths) + 5)]
+    for m, ps in probes.items():
+        for seed, p in ps:
+            cells = [f"{_num(p['recent_accuracy'].get(str(n)))} "
+                     f"({_num(p['accuracy'].get(str(n)))})" for n in lengths]
+            fp = _failure_point(p["recent_accuracy"],
+                                [n for n in lengths if n >= p["train_len"]], thr)
+            lines.append(f"| {m} s{seed} | {p['train_len']} | " + " | ".join(cells) +
+                         f" | {fmt_fp(fp)} | {_norm_at(p, p['train_len']):.3g} | "
+                         f"{p['state_norm'][-1]:.3g} |")
+    if not probes:
+        lines.append("| (no finished run) |" + " |" * (len(lengths) + 4))
+    lines += ["", "Per model (mean over seeds, range in brackets), recent needle:", "",
+              "| model | L_train | " + " | ".join(f"L={n}" for n in lengths) +
+              " | failure points | fails beyond L_train | why |",
+              "|" + "---|" * (len(lengths) + 5)]
     fail = {}
     curves, norm_rows = [], []
     for m, ps in probes.items():
+        ps = [p for _, p in ps]
         cells = []
         for n in lengths:
-            v = [p["accuracy"].get(str(n)) for p in ps if p["accuracy"].get(str(n)) is not None]
-            cells.append(f"{sum(v) / len(v):.3f} ({min(v):.3f}-{max(v):.3f})" if len(v) > 1
-                         else (f"{v[0]:.3f}" if v else ""))
-            if v:
-                curves.append({"model": m, "seq_len": n, "accuracy": sum(v) / len(v)})
+            v = [p["recent_accuracy"].get(str(n)) for p in ps]
+            u = [p["accuracy"].get(str(n)) for p in ps]
+            cells.append(_cell(v))
+            for what, vals in (("recent needle", v), ("uniform depth", u)):
+                vals = [x for x in vals if x is not None]
+                if vals:
+                    curves.append({"model": f"{m} ({what})", "seq_len": n,
+                                   "accuracy": sum(vals) / len(vals)})
         train_len = ps[0]["train_len"]
-        fps = [_failure_point(p["accuracy"], [n for n in lengths if n >= train_len], thr)
+        fps = [_failure_point(p["recent_accuracy"], [n for n in lengths if n >= train_len], thr)
                for p in ps]
         fail[m] = fps
-        at_train = [p["accuracy"].get(str(train_len)) for p in ps]
-        pos = ps[0]["positions"]
-        i_train = min(range(len(pos)), key=lambda i: abs(pos[i] - train_len))
-        n_train = sum(p["state_norm"][i_train] for p in ps) / len(ps)
-        n_last = sum(p["state_norm"][-1] for p in ps) / len(ps)
-        for i, q in enumerate(pos):
+        at_train = [p["recent_accuracy"].get(str(train_len)) for p in ps]
+        for i, q in enumerate(ps[0]["positions"]):
             norm_rows.append({"model": m, "position": q,
                               "state_norm": sum(p["state_norm"][i] for p in ps) / len(ps)})
         if len(ps) < 2:
@@ -173,17 +239,15 @@ def compare(rows, lengths=EVAL_LENGTHS, workdir=None, name="state_collapse_cpu",
             verdict, why = "fails", f"works up to {max(lengths)} on every seed"
         else:
             verdict, why = "not resolved", "the seeds disagree"
-        fp = ", ".join(str(f) if f else f">{max(lengths)}" for f in fps)
         lines.append(f"| {m} | {train_len} | " + " | ".join(cells) +
-                     f" | {fp} | {n_train:.3g} | {n_last:.3g} | {verdict} | {why} |")
+                     f" | {', '.join(fmt_fp(f) for f in fps)} | {verdict} | {why} |")
     if not probes:
-        lines.append("| (no finished run) |" + " |" * (len(lengths) + 7))
+        lines.append("| (no finished run) |" + " |" * (len(lengths) + 4))
     lines.append("")
-    # the mitigation
     ok = {m: m in probes and len(probes[m]) >= 2 and all(
-        p["accuracy"].get(str(p["train_len"])) is not None and
-        p["accuracy"][str(p["train_len"])] >= thr for p in probes[m]) for m in (base, mitigated)}
-    big = max(lengths) * 2
+        p["recent_accuracy"].get(str(p["train_len"])) is not None and
+        p["recent_accuracy"][str(p["train_len"])] >= thr for _, p in probes[m])
+        for m in (base, mitigated)}
     if not all(ok.values()):
         miss = [m for m, v in ok.items() if not v]
         mv, why = "not resolved", (f"{', '.join(miss)}: fewer than 2 seeds or a seed not "
@@ -193,15 +257,14 @@ def compare(rows, lengths=EVAL_LENGTHS, workdir=None, name="state_collapse_cpu",
         earliest_mit = min(f or big for f in fail[mitigated])
         if earliest_mit > latest_base:
             mv, why = "holds", ""
-        elif earliest_mit < min(f or big for f in fail[base]):
-            mv, why = "fails", "the mitigated model fails earlier"
+        elif max(f or big for f in fail[mitigated]) < min(f or big for f in fail[base]):
+            mv, why = "fails", "the mitigated model fails earlier on every seed"
         else:
             mv, why = "not resolved", "the failure points overlap over seeds"
+
     def _fp(m):
-        if m not in fail:
-            return "no run"
-        return ", ".join(str(f) if f else f">{max(lengths)}" for f in fail[m])
-    lines.append(f"Mitigation (training on longer sequences): {mitigated} against {base} — "
+        return ", ".join(fmt_fp(f) for f in fail[m]) if m in fail else "no run"
+    lines.append(f"Mitigation: {mitigated} against {base} — recent-needle "
                  f"failure points {_fp(mitigated)} vs {_fp(base)}: **{mv}**" +
                  (f" ({why})." if why else "."))
     if curves:
@@ -210,7 +273,8 @@ def compare(rows, lengths=EVAL_LENGTHS, workdir=None, name="state_collapse_cpu",
         import os
         for stem, data, x, y, kw in (
                 ("accuracy_vs_length", curves, "seq_len", "accuracy",
-                 {"ylim": (0, 1.02), "vline": min(p[0]["train_len"] for p in probes.values())}),
+                 {"ylim": (0, 1.02),
+                  "vline": min(p["train_len"] for ps in probes.values() for _, p in ps)}),
                 ("state_norm", norm_rows, "position", "state_norm", {})):
             path = plots.plot_lines(data, x, y, figs / f"{name}_{stem}.png", group="model",
                                     logx=True, title=f"Passkey (CPU): {y} vs {x} "
