@@ -1,29 +1,35 @@
 """State collapse on two CPU cores (the Stuffed Mamba seed: Chen, Han, Liu, Sun and Liu 2024,
 "Stuffed Mamba: State Collapse and State Capacity of RNN-Based Long-Context Modeling"): a
-recurrent model trained at length L fails beyond some longer length, and the recurrent state's
-norm shows why (it keeps growing, or saturates, past the training length); training on longer
-sequences (one of the paper's mitigations) moves the failure point out.
+recurrent model trained at length L fails beyond some longer length even when the needle is
+recent, and the recurrent state's norm shows why (it keeps growing past the training length);
+forgetting more (here a decay floor, one of the paper's mitigations) moves the failure point out.
 
-Task: `Passkey` (a KEY token and 2 digits hidden at a uniform depth in random filler; QUERY at
-the end asks for the digits; the 2 digit positions are scored, chance 1/10), vocab 32. Models
-at d_model 32 (2 layers, 2 heads, width-4 short conv, d_ff = d_model), 2 seeds each, with equal
-recurrent state (1024 floats per sequence over the 2 layers):
-- GLA (`state_size_cpu`'s: no output gate, init_half_life 1024, expand_k 1) trained at L = 64;
-- Mamba2 (d_state 8, expand 2: 2 heads x 8 x 32 per layer) trained at L = 64;
-- the mitigation: the same GLA trained at L = 256 (batch 8 instead of 32: equal tokens per step).
-Training: AdamW at a constant lr 3e-3 after 50 warmup steps, evaluation every 100 steps on 4
-batches, stop at 0.99 eval accuracy, at most 500 steps.
+Task: `Passkey` (a KEY token and 2 digits hidden in random filler; QUERY at the end asks for the
+digits; the 2 digit positions are scored, chance 1/10), vocab 32, trained at L = 64 with the
+depth uniform. Models at d_model 32 (2 layers, 2 heads, width-4 short conv, d_ff = d_model),
+2 seeds each, with equal recurrent state (1024 floats per sequence over the 2 layers):
+- GLA (`state_size_cpu`'s: no output gate, init_half_life 1024, expand_k 1);
+- DeltaNet (its defaults: L2-normalised q/k, data-dependent beta);
+- the mitigation, gla-floor: the same GLA with `max_half_life` 64, a decay floor (every
+  per-token decay <= 2^(-1/64), so the state holds about 92 tokens' worth of writes at most).
+Training: AdamW at a constant lr 3e-3 after 50 warmup steps, batch 64 (at batch 32 GLA seed 0
+and Mamba2 stayed at chance in 500 steps: passkey has only 2 scored tokens per sequence, and the
+larger batch doubles that signal), evaluation every 100 steps on 4 batches, stop at 0.99 eval
+accuracy, at most 400 steps. (Mamba2 left out: at batch 32 it was still climbing at 0.37-0.50
+after 500 steps, more than this budget allows.)
 
-After training, `compare` probes every run (cached in its run folder as collapse_probe.json):
-passkey accuracy at lengths 64, 128, 256, 512 and 1024 (`research.probes.length_extrapolation`,
-128 examples each, depth uniform) and the recurrent state norm along a 1024-token passkey
+After training, `compare` probes every run (cached in its run folder as collapse_probe.json) at
+lengths 64, 128, 256, 512 and 1024 (1x-16x), 128 examples each: passkey accuracy with the KEY
+32 tokens before the QUERY (the "recent needle": a distance seen in training, so a failure at a
+longer length is the state's, not the distance's), passkey accuracy at a uniform depth
+(`research.probes.length_extrapolation`), and the recurrent state norm along a 1024-token passkey
 sequence (`research.probes.state_norms`: Frobenius norm per head, averaged over heads, layers and
-4 sequences). The failure point of a run is the first evaluated length where its accuracy drops
-below the above-chance threshold (5 x chance = 0.5).
+4 sequences). A run's failure point is the first evaluated length where its recent-needle
+accuracy drops below the above-chance threshold (5 x chance = 0.5).
 
 Published findings to compare with: models trained at short L fail beyond a length somewhat
-above L while the state norm grows; training on longer sequences (or stronger forgetting)
-moves that point out.
+above L, even for recent needles, while the state norm grows; stronger forgetting, state
+normalisation or training on longer sequences moves that point out.
 """
 
 import json
