@@ -1,5 +1,5 @@
-"""Tiny `icll_cpu` (runs in CI in seconds): attention, GLA, DeltaNet and GLA + n-gram layers at
-d_model 8, one layer, on random-DFA languages of length 16, 2 seeds, 4 steps each, scored with
+"""Tiny `icll_cpu` (runs in CI in seconds): attention, GLA and GLA + n-gram layers (the three
+models of the gap-closed claim; DeltaNet's row reads "no run of ...") at d_model 8, one layer, on random-DFA languages of length 16, 2 seeds, 4 steps each, scored with
 the DFA metrics on 8 held-out examples. At a size that learns nothing its comparison must say
 "not resolved"."""
 
@@ -17,7 +17,7 @@ RUNS = with_seeds([Run(name=name, config=_CPU["config"](m, ng, d_model=8, seq_le
                                                         train_examples=64, eval_examples=8,
                                                         eval_batches=1),
                        tags={"model": name, "mixer": m, "task": "dfa"})
-                   for name, m, ng in _CPU["MODELS"]], [0, 1])
+                   for name, m, ng in _CPU["MODELS"] if name != "deltanet"], [0, 1])
 
 FIGURES = [Figure("dfa_accuracy", x="model", y="probe/dfa_accuracy",
                   title="Random DFAs (tiny): legal next-letter accuracy")]

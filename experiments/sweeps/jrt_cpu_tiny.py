@@ -1,7 +1,9 @@
-"""Tiny `jrt_cpu` (runs in CI in seconds): GLA single read vs JRT-Prompt and linear attention vs
-the `jrt` mixer at d_model 8, one layer, on a small MQAR (vocab 32, length 24, 2 kv pairs), 2
-seeds, 4 steps each. It exercises JRT-Prompt data, the prefix mixer and the honest comparison of
-the report at a size that learns nothing, so its comparison must say "not resolved"."""
+"""Tiny `jrt_cpu` (runs in CI in seconds): GLA single read vs JRT-Prompt at d_model 8, one layer,
+on a small MQAR (vocab 32, length 24, 2 kv pairs), 2 seeds, 4 steps each (the second claim's
+pair, linear attention vs the `jrt` mixer, is left out to keep it tiny: its row reads "no run
+of ..."; the `jrt` mixer trains in `new_mixers_tiny`). It exercises JRT-Prompt data and the
+honest comparison of the report at a size that learns nothing, so its comparison must say "not
+resolved"."""
 
 import pathlib
 import runpy
@@ -22,7 +24,7 @@ def _config(mixer, jrt_prompt):
 
 RUNS = with_seeds([Run(name=f"{name}-d8", config=_config(m, jp),
                        tags={"model": name, "mixer": m, "jrt_prompt": jp})
-                   for name, m, jp in _CPU["VARIANTS"]], [0, 1])
+                   for name, m, jp in _CPU["VARIANTS"][:2]], [0, 1])
 
 FIGURES = [Figure("jrt_accuracy", x="model", y="eval/accuracy",
                   title="MQAR (tiny): single read vs JRT")]

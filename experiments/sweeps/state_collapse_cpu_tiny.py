@@ -1,5 +1,6 @@
-"""Tiny `state_collapse_cpu` (runs in CI in seconds): GLA and Mamba2 at d_model 8, one layer,
-trained on passkey at length 16 and the GLA also at length 32, 2 seeds, 4 steps each; the
+"""Tiny `state_collapse_cpu` (runs in CI in seconds): GLA at d_model 8, one layer, trained on
+passkey at length 16 and (the mitigation) at length 32, 2 seeds, 4 steps each (Mamba2 is left
+out to keep it tiny); the
 comparison probes them at lengths 16, 32 and 64 (accuracy and state norm). At a size that
 learns nothing its comparison must say "not resolved"."""
 
@@ -10,8 +11,7 @@ from research.sweep import Figure, Run, with_seeds
 
 _CPU = runpy.run_path(str(pathlib.Path(__file__).with_name("state_collapse_cpu.py")))
 TITLE = "State collapse on CPU (tiny): passkey beyond the training length"
-MODELS = (("gla", "gla", 16, {}), ("mamba2", "mamba2", 16, {"d_state": 4}),
-          ("gla-L32", "gla", 32, {}))
+MODELS = (("gla", "gla", 16, {}), ("gla-L32", "gla", 32, {}))
 
 RUNS = with_seeds([Run(name=name, config=_CPU["config"](m, L, 4, d_model=8, steps=4,
                                                         n_layers=1, fields=f,

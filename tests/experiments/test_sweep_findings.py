@@ -90,6 +90,70 @@ def test_icll_compare_uses_both_dfa_metrics():
     assert "| holds |" not in text and "at chance" in text and "no gap to close" in text
 
 
+BINS = ("0", "1", "2", "3", "4+")
+
+
+def _binned_rows():
+    """icll rows with the per-bin metrics: every model at chance in the first string (K = 0),
+    attention far above GLA after 4 strings; seed 1 is 0.01 above seed 0."""
+    curves = {"attention": [0.1, 0.6, 0.8, 0.9, 0.95], "gla": [0.1, 0.3, 0.5, 0.6, 0.65],
+              "deltanet": [0.1, 0.4, 0.6, 0.7, 0.75], "gla+ngram": [0.1, 0.5, 0.7, 0.8, 0.9]}
+    rows = []
+    for m, acc in curves.items():
+        for s in (0, 1):
+            r = {"model": m, "seed": s, "status": "done", "task": "dfa",
+                 "probe/dfa_accuracy": acc[-1] + s / 100, "probe/dfa_tvd": 1 - acc[-1] - s / 100}
+            for k, a in zip(BINS, acc):
+                r[f"probe/dfa_accuracy@{k}"] = a + s / 100
+                r[f"probe/dfa_tvd@{k}"] = 1.0 - a - s / 100
+            rows.append(r)
+    return rows
+
+
+def test_icll_compare_per_bin_table_and_verdicts():
+    """The dfa_accuracy@K table (seed mean (range) per bin, the K=4+ - K=0 rise) and the pairs
+    judged at K = 0 (all at chance: not resolved) and K = 4+ (holds)."""
+    compare = _ns("icll_cpu")["compare"]
+    text = compare(_binned_rows())
+    acc = text[text.index("(`probe/dfa_accuracy@K`):"):text.index("(`probe/1-dfa_tvd@K`):")]
+    assert "| model | K=0 | K=1 | K=2 | K=3 | K=4+ | K=4+ - K=0 |" in acc
+    assert ("| attention | 0.105 (0.100-0.110) | 0.605 (0.600-0.610) | 0.805 (0.800-0.810) | "
+            "0.905 (0.900-0.910) | 0.955 (0.950-0.960) | +0.850 |") in acc
+    assert "| gla | 0.105 (0.100-0.110) |" in acc and "| +0.550 |" in acc
+    tvd = text[text.index("(`probe/1-dfa_tvd@K`):"):]
+    assert "| gla+ngram | 0.105 (0.100-0.110) | 0.505 (0.500-0.510) |" in tvd  # 1 - (1 - a)
+    judged = text[text.index("| strings seen | claim |"):]
+    for a, b in (("attention", "gla"), ("attention", "deltanet"), ("gla+ngram", "gla")):
+        k0 = next(line for line in judged.splitlines() if line.startswith(f"| 0 | {a} > {b} |"))
+        assert "| not resolved | at chance:" in k0
+        k4 = next(line for line in judged.splitlines() if line.startswith(f"| 4+ | {a} > {b} |"))
+        assert k4.endswith("| holds |  |"), k4
+    # no per-bin columns: said so, no table
+    flat = [{k: v for k, v in r.items() if "@" not in k} for r in _binned_rows()]
+    text = compare(flat)
+    assert "Per-bin metrics: not measured" in text and "| strings seen |" not in text
+    assert "| attention |  |  |  |  |  |  |" in text
+
+
+def test_icll_strings_seen_figure(tmp_path):
+    """strings_seen_figure draws metric@K from WORKDIR/results.csv to the given path, and refuses
+    a table without the per-bin columns."""
+    from research.sweep.results import write_csv
+    fig = _ns("icll_cpu")["strings_seen_figure"]
+    rows = _binned_rows()
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    write_csv(rows, cols, tmp_path / "results.csv")
+    out = fig(tmp_path, path=tmp_path / "by_k.png")
+    assert pathlib.Path(out) == tmp_path / "by_k.png" and out.stat().st_size > 5000
+    out = fig(tmp_path, path=tmp_path / "tvd.png", metric="probe/dfa_tvd")
+    assert (tmp_path / "tvd.png").stat().st_size > 5000
+    flat = [{k: v for k, v in r.items() if "@" not in k} for r in rows]
+    (tmp_path / "w2").mkdir()
+    write_csv(flat, [c for c in cols if "@" not in c], tmp_path / "w2" / "results.csv")
+    with pytest.raises(ValueError, match="dfa_accuracy@K"):
+        fig(tmp_path / "w2", path=tmp_path / "none.png")
+
+
 def _fake_probe(run_dir, lengths, train_len, acc, norms):
     """A finished run folder with a cached collapse probe (no model needed)."""
     ns = _ns("state_collapse_cpu")
@@ -127,9 +191,29 @@ def test_state_collapse_compare_reads_probes(tmp_path, monkeypatch):
     assert "| gla-L256 | 256 |" in text and "a seed below 0.500 at its training length" in text
 
 
-@pytest.mark.slow
+@pytest.fixture(scope="module")
+def xla_cache(tmp_path_factory):
+    """A persistent XLA compilation cache in a temporary folder for this module's trainings
+    (the seed enters only the init program, so a model's second seed reuses the train and eval
+    steps of its first); the previous settings are restored afterwards."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache as cc
+    names = {"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla_cache")),
+             "jax_persistent_cache_min_compile_time_secs": 0.0,
+             "jax_persistent_cache_min_entry_size_bytes": 0}
+    old = {n: getattr(jax.config, n) for n in names}
+    for n, v in names.items():
+        jax.config.update(n, v)
+    cc.reset_cache()
+    yield
+    for n, v in old.items():
+        jax.config.update(n, v)
+    cc.reset_cache()
+
+
+@pytest.mark.xdist_group("tiny_findings")
 @pytest.mark.parametrize("name", FINDINGS)
-def test_tiny_sweep_end_to_end_reports_not_resolved(name, tmp_path, capsys):
+def test_tiny_sweep_end_to_end_reports_not_resolved(name, tmp_path, capsys, xla_cache):
     """The tiny sweep trains, writes its section, and calls nothing a result."""
     sweeps = tmp_path / "sweeps"
     sweeps.mkdir()
