@@ -382,3 +382,138 @@ def fused_scan(kind, q, k, v, g, *, scale, initial_state, segments, chunk_size, 
     out_dtype = None if out_dtype is None else jnp.dtype(out_dtype)
     return _fused(_backend.current(), kind, float(scale), chunk_size, out_dtype, q, k, v, g, h0,
                   ids)
+
+
+# ----------------------------------------------------------------------------------------------
+# The delta-rule family: the WY stage, the state pass and the output in one forward kernel.
+
+def _delta_fwd_kernel(r, *, gated, seg, C, HB, n_chunks, scale):
+    """One chunk of HB heads of the (gated) delta rule: per head the WY factors (wy.py's masks and
+    blocked triangular inverse), v_new = U - W S_{n-1}, the output body of chunk_output on v_new,
+    then S_n = dec * S_{n-1} + kd^T v_new. W, U and v_new never leave VMEM."""
+    from pallas_kernels.pallas import wy
+
+    n = pl.program_id(2)
+    S_ref = r["S"]
+
+    @pl.when(n == 0)
+    def _init():
+        S_ref[...] = r["h0"][...] if r["h0"] is not None else jnp.zeros(S_ref.shape, F32)
+
+    cdt = compute_dtype(r["k"], r["v"])
+    _load_heads(r, "scalar" if gated else "none", HB, scale, ("q", "k", "v"))
+    for j in range(HB):
+        r["beta_h"][j] = r["beta"][pl.ds(j, 1), :].T             # [C, 1]
+    zeros = jnp.zeros((C, 1), F32)
+
+    def head(j, carry):
+        gc = r["bcol_h"][j] if gated else zeros                  # [C, 1]
+        local = r["local"][...] if seg else zeros                # resets since the chunk start
+        rows, cols, _, lower_same, _, gam, gamma = wy.chunk_masks(gc, local)
+        k, v, beta = r["k_h"][j], r["v_h"][j], r["beta_h"][j]
+        kf = k.astype(F32)
+        kk = mm_nt(k.astype(cdt), k.astype(cdt))
+        a = wy.unit_lower_inverse(jnp.where(lower_same, beta * kk * gam, 0.0), rows, cols)
+        w = mm(a.astype(cdt), (beta * gamma * kf).astype(cdt)).astype(cdt)
+        u = mm(a.astype(cdt), (beta * v.astype(F32)).astype(cdt)).astype(cdt)
+        S = S_ref[j]
+        r["vn"][...] = u.astype(F32) - mm(w, S)                  # v_new, float32 [C, V]
+        view = _view(r, j, v=r["vn"], h=S_ref.at[j], o=r["o_acc"].at[j])
+        _fwd_kernel(view, mode="scalar", decayed=gated, seg=seg, C=C, c=min(SUB_CHUNK, C),
+                    tpu=True)
+        kd, dec = k, None
+        if gated:
+            end = _last_row(gc)
+            kd = (kf * jnp.exp(end - gc)).astype(cdt)
+            dec = jnp.exp(end)
+        if seg:
+            rid = r["rcol"][...]
+            kd = (kd.astype(F32) * jnp.where(rid == _last_row(rid), 1.0, 0.0)).astype(cdt)
+            keep = _last_row(r["carry"][...])
+            dec = keep if dec is None else dec * keep
+        S_ref[j] = (S if dec is None else S * dec) + mm_tn(kd, r["vn"][...])
+        return carry
+
+    lax.fori_loop(0, HB, head, 0)
+    for j in range(HB):
+        r["o"][:, j, :] = r["o_acc"][j].astype(r["o"].dtype)
+
+    @pl.when(n == n_chunks - 1)
+    def _fin():
+        r["hT"][...] = S_ref[...]
+
+
+def _delta_forward(backend, scale, C, q, k, v, g, beta, h0, ids):
+    """The fused delta-rule forward on the padded problem: (o [B, T, H, V] in v's dtype,
+    hT f32 [B, H, K, V])."""
+    from jax.experimental.pallas import tpu as pltpu
+
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    N = T // C
+    gated = g is not None
+    inputs, specs, HB = _operands("scalar" if gated else "none", C, q, k, v, g, h0, ids,
+                                  reverse=False)
+    rows = lambda x: jnp.moveaxis(x.astype(F32).reshape(B, N, C, H), 3, 2)  # noqa: E731 [B, N, H, C]
+    inputs.update(h0=h0, beta=rows(beta), local=None)
+    specs["beta"] = specs["gc"]
+    specs["local"] = specs["rcol"]
+    if ids is not None:
+        inputs["local"] = Segments(ids).chunked(C).local[:, 0].astype(F32)[..., None]
+    outputs = {"o": jax.ShapeDtypeStruct((B, T, H, V), v.dtype),
+               "hT": jax.ShapeDtypeStruct((B, H, K, V), F32)}
+    scratch = {"S": pltpu.VMEM((HB, K, V), F32), "o_acc": pltpu.VMEM((HB, C, V), F32),
+               "vn": pltpu.VMEM((C, V), F32), "beta_h": pltpu.VMEM((HB, C, 1), F32),
+               **_head_scratch("scalar" if gated else "none", HB, C, K, V,
+                               {"q": q.dtype, "k": k.dtype, "v": v.dtype})}
+    out = call(functools.partial(_delta_fwd_kernel, gated=gated, seg=ids is not None, C=C, HB=HB,
+                                 n_chunks=N, scale=scale),
+               backend=backend, grid=(B, H // HB, N), inputs=inputs, outputs=outputs,
+               in_specs=specs, out_specs=specs, scratch=scratch,
+               semantics=("parallel", "parallel", "arbitrary"), name="chunk_fused_fwd_delta")
+    return out["o"], out["hT"]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _delta(staged, backend, scale, C, q, k, v, g, beta, h0, ids):
+    return _delta_forward(backend, scale, C, q, k, v, g, beta, h0, ids)
+
+
+def _delta_fwd(staged, backend, scale, C, q, k, v, g, beta, h0, ids):
+    # Under differentiation the staged path runs (its WY, state and output stages keep their
+    # residuals for their Pallas backward kernels); o is cast to v's dtype as the primal's.
+    def path(q, k, v, g, beta, h0):
+        segments = None if ids is None else Segments(ids)
+        with _backend.use_backend(backend.kind, interpret=backend.interpret):
+            o, hT = staged(q, k, v, g, beta, scale=scale, initial_state=h0, segments=segments,
+                           chunk_size=C)
+        return o.astype(v.dtype), hT
+
+    out, vjp = jax.vjp(path, q, k, v, g, beta, h0)
+    return out, (vjp, ids)
+
+
+def _delta_bwd(staged, backend, scale, C, res, cts):
+    vjp, ids = res
+    grads = vjp(cts)
+    return (*grads, None if ids is None else jnp.zeros(ids.shape, jax.dtypes.float0))
+
+
+_delta.defvjp(_delta_fwd, _delta_bwd)
+
+
+def fused_delta(staged, q, k, v, g, beta, *, scale, initial_state, segments, chunk_size):
+    """(gated_)delta_rule with the fused forward kernel; under differentiation the staged path
+    `staged` (delta.gated_delta_rule's stages) runs forward and backward.
+
+    Args:
+      q, k: [B, T, H, K]; v: [B, T, H, V]; g: [B, T, H] log-decay or None (delta_rule); beta:
+        [B, T, H]; T a multiple of chunk_size; initial_state: f32 [B, H, K, V] or None; segments:
+        `Segments` or None.
+
+    Returns:
+      (o [B, T, H, V] in v's dtype, final state f32 [B, H, K, V]).
+    """
+    ids = None if segments is None else segments.ids
+    h0 = None if initial_state is None else initial_state.astype(F32)
+    return _delta(staged, _backend.current(), float(scale), chunk_size, q, k, v, g, beta, h0, ids)

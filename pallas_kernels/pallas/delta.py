@@ -32,7 +32,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from pallas_kernels.chunking import from_chunks, log_decays, to_chunks
-from pallas_kernels.pallas import wy
+from pallas_kernels.pallas import chunk_fused, wy
 from pallas_kernels.pallas._common import compute_dtype
 from pallas_kernels.pallas.chunk_output import output_stage
 from pallas_kernels.pallas.chunk_state import state_pass
@@ -42,7 +42,19 @@ F32 = jnp.float32
 
 
 def gated_delta_rule(q, k, v, g, beta, *, scale, initial_state, segments, chunk_size):
-    """Chunked gated delta rule on Pallas kernels (the padded problem of `pallas.Kernel.fn`).
+    """Chunked gated delta rule on Pallas kernels (the padded problem of `pallas.Kernel.fn`); on
+    the TPU flavour the forward is one fused kernel (`chunk_fused.fused_delta`), the backward the
+    stages below."""
+    if chunk_fused.applies("scalar"):
+        return chunk_fused.fused_delta(staged_gated_delta_rule, q, k, v, g, beta, scale=scale,
+                                       initial_state=initial_state, segments=segments,
+                                       chunk_size=chunk_size)
+    return staged_gated_delta_rule(q, k, v, g, beta, scale=scale, initial_state=initial_state,
+                                   segments=segments, chunk_size=chunk_size)
+
+
+def staged_gated_delta_rule(q, k, v, g, beta, *, scale, initial_state, segments, chunk_size):
+    """The gated delta rule as its three stages (WY, state pass, output).
 
     Args:
       q, k: [B, T, H, K]; v: [B, T, H, V]; g: [B, T, H] log-decay (<= 0) or None (delta_rule);

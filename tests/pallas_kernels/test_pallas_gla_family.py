@@ -73,11 +73,3 @@ def test_larger_chunks_and_head_dims(op, pallas_flavour):
     assert_matches_oracle(op, 2e-3, chunk_size=64, B=1, T=150, H=2, K=64, V=32, M=32, decay=1.0,
                           seed=15)
 
-
-@pytest.mark.parametrize("pallas_flavour", ["tpu"], indirect=True)
-@pytest.mark.parametrize("op", FAMILY)
-def test_fused_kernels_head_blocks(op, pallas_flavour):
-    """The TPU flavour's fused kernels (pallas/chunk_fused.py) read [B, T, H, D] in blocks of 8
-    heads: H = 16 gives two head blocks per chunk, each a loop over its heads."""
-    assert_matches_oracle(op, 2e-3, chunk_size=16, B=1, T=37, H=16, K=16, V=32, M=16, decay=1.0,
-                          seed=16)
