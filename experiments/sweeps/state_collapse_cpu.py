@@ -18,14 +18,14 @@ larger batch doubles that signal), evaluation every 100 steps on 4 batches, stop
 accuracy, at most 400 steps. (Mamba2 left out: at batch 32 it was still climbing at 0.37-0.50
 after 500 steps, more than this budget allows.)
 
-After training, `compare` probes every run (cached in its run folder as collapse_probe.json) at
-lengths 64, 128, 256, 512 and 1024 (1x-16x), 128 examples each: passkey accuracy with the KEY
-32 tokens before the QUERY (the "recent needle": a distance seen in training, so a failure at a
-longer length is the state's, not the distance's), passkey accuracy at a uniform depth
-(`research.probes.length_extrapolation`), and the recurrent state norm along a 1024-token passkey
-sequence (`research.probes.state_norms`: Frobenius norm per head, averaged over heads, layers and
-4 sequences). A run's failure point is the first evaluated length where its recent-needle
-accuracy drops below the above-chance threshold (5 x chance = 0.5).
+After training, `compare` probes every run (cached in its run folder as collapse_probe.json)
+at lengths 64, 128, 256, 512, 1024 and 2048 (1x-32x), 128 examples each: passkey accuracy with
+the KEY 32 tokens before the QUERY (the "recent needle": a distance seen in training, so a
+failure at a longer length is the state's, not the distance's), passkey accuracy at a uniform
+depth (`research.probes.length_extrapolation`), and the recurrent state norm along a 2048-token
+passkey sequence (`research.probes.state_norms`: Frobenius norm per head, averaged over heads,
+layers and 4 sequences). A run's failure point is the first evaluated length where its
+recent-needle accuracy drops below the above-chance threshold (5 x chance = 0.5).
 
 Published findings to compare with: models trained at short L fail beyond a length somewhat
 above L, even for recent needles, while the state norm grows; stronger forgetting, state
@@ -48,7 +48,7 @@ BATCH = 64
 FLOOR = 64.0  # gla-floor's max_half_life (tokens): the decay floor
 NEEDLE_DISTANCE = 32  # the "recent needle" probe: KEY this many tokens before the QUERY
 SEEDS = (0, 1)
-EVAL_LENGTHS = (64, 128, 256, 512, 1024)
+EVAL_LENGTHS = (64, 128, 256, 512, 1024, 2048)
 WORKDIR = "runs/state_collapse_cpu"
 # (name, mixer, training length, batch, extra model fields)
 MODELS = (("gla", "gla", 64, BATCH, {}), ("deltanet", "deltanet", 64, BATCH, {}),
