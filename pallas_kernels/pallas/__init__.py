@@ -22,6 +22,9 @@ Modules (docs/design.md):
   delta-rule correction `w`.
 - `chunk_output`: the shared intra-chunk scores + output stage (stages 2 and 4) and its backward,
   for a scalar gate, per-key-channel gates and per-value-channel gates.
+- `chunk_fused`: the TPU flavour's fused kernels (stages 2 to 5 in one forward and one backward
+  kernel, state in VMEM, `[B, T, H, D]` read in place): the gated-linear family forward and
+  backward, the delta-rule family forward.
 - `gla_family`: linear_attention, simple_gla, gla, gsa on those stages.
 - `wy`, `delta`: delta_rule, gated_delta_rule (the WY stage, then the shared stages).
 """
