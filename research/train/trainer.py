@@ -126,27 +126,35 @@ def _setup(config: Config, mesh) -> _Setup:
     state_shardings = {"params": p_shard, "opt_state": o_shard, "step": rep, "rng": rep}
     rest_shard = jax.tree.map(lambda _: rep, abs_rest)
 
-    def init():
+    # The seeds enter the init program as arguments (the key data of jax.random.key(seed) and
+    # of key(seed + 1), made outside it), not as constants: the same model at another seed
+    # compiles the same program (a persistent compilation cache then reuses it).
+    def seed_keys():
+        seed = config.train.seed
+        return (jax.random.key_data(jax.random.key(seed)),
+                jax.random.key_data(jax.random.key(seed + 1)))
+
+    def init(model_key, rng_key):
         with _no_eager_sharding():
-            model = create()
+            model = LanguageModel(config.model, rngs=nnx.Rngs(model_key))
         _, params, rest = nnx.split(model, nnx.Param, ...)
         pure = nnx.to_pure_dict(params)
         return ({"params": pure, "opt_state": optimizer.init(pure),
-                 "step": jnp.zeros((), jnp.int32),
-                 "rng": jax.random.key_data(jax.random.key(config.train.seed + 1))}, rest)
+                 "step": jnp.zeros((), jnp.int32), "rng": rng_key}, rest)
 
     init_jit = jax.jit(init, out_shardings=(state_shardings, rest_shard))
+    abs_keys = jax.eval_shape(seed_keys)
     with _no_eager_sharding():
-        abstract_state, _ = jax.eval_shape(init)
+        abstract_state, _ = jax.eval_shape(init, *abs_keys)
     abstract_state = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
         state_shardings)
     # no non-Param state (the usual case): nothing to run, so an abstract mesh (AOT) works too
-    rest = (jax.jit(lambda: init()[1], out_shardings=rest_shard)()
+    rest = (jax.jit(lambda *k: init(*k)[1], out_shardings=rest_shard)(*seed_keys())
             if jax.tree.leaves(abs_rest) else abs_rest)
 
     def init_state():
-        return init_jit()[0]
+        return init_jit(*seed_keys())[0]
 
     return _Setup(mesh=mesh, graphdef=graphdef, abs_params=abs_params, rest=rest,
                   optimizer=optimizer, state_shardings=state_shardings,

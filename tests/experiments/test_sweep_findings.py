@@ -194,8 +194,8 @@ def test_state_collapse_compare_reads_probes(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def xla_cache(tmp_path_factory):
     """A persistent XLA compilation cache in a temporary folder for this module's trainings
-    (the seed enters only the init program, so a model's second seed reuses the train and eval
-    steps of its first); the previous settings are restored afterwards."""
+    (the seed enters the programs as an argument, so a model's second seed reuses its first
+    seed's init, train and eval programs); the previous settings are restored afterwards."""
     import jax
     from jax.experimental.compilation_cache import compilation_cache as cc
     names = {"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla_cache")),
