@@ -178,7 +178,7 @@ def test_state_collapse_compare_reads_probes(tmp_path, monkeypatch):
             ns = _fake_probe(tmp_path / "runs" / f"{m}-s{s}", lengths, L, acc, 0.1 + s)
             rows.append({"name": f"{m}-s{s}", "model": m, "seed": s, "status": "done"})
     monkeypatch.setitem(ns["compare"].__globals__, "__file__", str(tmp_path / "sc.py"))
-    text = ns["compare"](rows, workdir=tmp_path)
+    text = ns["compare"](rows, lengths=lengths, workdir=tmp_path)
     assert "| gla | 64 | 1.000 (1.000-1.000) |" in text and "| 256, 256 |" in text
     assert text.count("| holds |") == 3 and "**holds**" in text
     assert (tmp_path / "figures" / "state_collapse_cpu_accuracy_vs_length.png").exists()
@@ -186,7 +186,7 @@ def test_state_collapse_compare_reads_probes(tmp_path, monkeypatch):
     for m, (L, acc) in {**curves, "gla-L256": (256, [0.1] * 5)}.items():
         for s in (0, 1):
             _fake_probe(tmp_path / "w2" / "runs" / f"{m}-s{s}", lengths, L, acc, 1.0)
-    text = ns["compare"](rows, workdir=tmp_path / "w2")
+    text = ns["compare"](rows, lengths=lengths, workdir=tmp_path / "w2")
     assert "**not resolved**" in text and "gla-L256: fewer than 2 seeds or a seed not" in text
     assert "| gla-L256 | 256 |" in text and "a seed below 0.500 at its training length" in text
 
