@@ -177,7 +177,9 @@ def peer_rows(B, T, H, K, V, mesh) -> list[tuple[str, str, Callable, list]]:
         from tokamax.config import cross_compile
 
         def tokamax_kda(q, k, v, g, b):
-            with cross_compile(True):  # no TPU here: skip its device check
+            # No TPU here: skip its device check, and name the chip through the abstract mesh
+            # (Pallas' get_tpu_info reads the abstract mesh's device, else the host's: cpu).
+            with cross_compile(True), jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
                 return kda(q, k, v, g, b, implementation="mosaic")[0]
 
         rows.append(("tokamax KDA (g [B,T,H,K])", "mosaic", tokamax_kda, hb))
