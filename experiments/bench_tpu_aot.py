@@ -241,7 +241,8 @@ def render(rows: list[dict], head: str, command: str, total: int | None = None) 
         lines += [f"**Partial**: {len(rows)} of {total} rows (the run was still going).", ""]
     lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(row_cells(r)) + " |" for r in rows]
-    lines += ["", "GB = 1e9 bytes accessed (XLA cost analysis of the compiled program); floor: "
+    lines += ["", "GB = 1e9 bytes accessed (XLA cost analysis of the compiled program, the Pallas "
+              "kernels' inputs and outputs included); floor: "
               "inputs read once + o written once (fwd), inputs read once + every gradient "
               "written once (f+b); temp: compiled temporaries; saved: the residuals of jax.vjp "
               "(in brackets: those that are the inputs).", ""]
