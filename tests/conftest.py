@@ -47,3 +47,22 @@ def pallas_flavour(request, monkeypatch):
     if kind == "tpu":
         assert detectors, "the TPU interpreter ran no kernel"
         assert not any(d.races_found for d in detectors), "a kernel raced"
+
+
+@pytest.fixture(scope="module")
+def xla_cache(tmp_path_factory):
+    """A persistent XLA compilation cache in a temporary folder for a module's trainings (the
+    seed enters the programs as an argument, so a model's second seed reuses its first seed's
+    init, train and eval programs); the previous settings are restored afterwards."""
+    from jax.experimental.compilation_cache import compilation_cache as cc
+    names = {"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla_cache")),
+             "jax_persistent_cache_min_compile_time_secs": 0.0,
+             "jax_persistent_cache_min_entry_size_bytes": 0}
+    old = {n: getattr(jax.config, n) for n in names}
+    for n, v in names.items():
+        jax.config.update(n, v)
+    cc.reset_cache()
+    yield
+    for n, v in old.items():
+        jax.config.update(n, v)
+    cc.reset_cache()

@@ -127,6 +127,17 @@ def _state_step(view, kind, seg):
     return kd, vd, dec, dict(e=e, reach=reach)
 
 
+def _store_outputs(r, HB, *, last):
+    """End of a forward step: each head's output from VMEM into its [C, HB, V] block, and the
+    final state after the last chunk."""
+    for j in range(HB):
+        r["o"][:, j, :] = r["o_acc"][j].astype(r["o"].dtype)
+
+    @pl.when(last)
+    def _fin():
+        r["hT"][...] = r["S"][...]
+
+
 def _fwd_kernel_fused(r, *, kind, seg, C, HB, n_chunks, scale):
     """One chunk of HB heads: blocks q, k [C, HB, K], v [C, HB, V] (and g [C, HB, K]) in the
     [B, T, H, D] layout; per head the output body of chunk_output, then the state step of
@@ -153,12 +164,7 @@ def _fwd_kernel_fused(r, *, kind, seg, C, HB, n_chunks, scale):
         return carry
 
     lax.fori_loop(0, HB, head, 0)
-    for j in range(HB):
-        r["o"][:, j, :] = r["o_acc"][j].astype(r["o"].dtype)
-
-    @pl.when(n == n_chunks - 1)
-    def _fin():
-        r["hT"][...] = S_ref[...]
+    _store_outputs(r, HB, last=n == n_chunks - 1)
 
 
 def _bwd_kernel_fused(r, *, kind, seg, C, HB, n_chunks, scale):
@@ -421,26 +427,12 @@ def _delta_fwd_kernel(r, *, gated, seg, C, HB, n_chunks, scale):
         view = _view(r, j, v=r["vn"], h=S_ref.at[j], o=r["o_acc"].at[j])
         _fwd_kernel(view, mode="scalar", decayed=gated, seg=seg, C=C, c=min(SUB_CHUNK, C),
                     tpu=True)
-        kd, dec = k, None
-        if gated:
-            end = _last_row(gc)
-            kd = (kf * jnp.exp(end - gc)).astype(cdt)
-            dec = jnp.exp(end)
-        if seg:
-            rid = r["rcol"][...]
-            kd = (kd.astype(F32) * jnp.where(rid == _last_row(rid), 1.0, 0.0)).astype(cdt)
-            keep = _last_row(r["carry"][...])
-            dec = keep if dec is None else dec * keep
-        S_ref[j] = (S if dec is None else S * dec) + mm_tn(kd, r["vn"][...])
+        kd, _, dec, _ = _state_step(view, "scalar" if gated else "none", seg)
+        S_ref[j] = (S if dec is None else S * dec) + mm_tn(kd.astype(cdt), r["vn"][...])
         return carry
 
     lax.fori_loop(0, HB, head, 0)
-    for j in range(HB):
-        r["o"][:, j, :] = r["o_acc"][j].astype(r["o"].dtype)
-
-    @pl.when(n == n_chunks - 1)
-    def _fin():
-        r["hT"][...] = S_ref[...]
+    _store_outputs(r, HB, last=n == n_chunks - 1)
 
 
 def _delta_forward(backend, scale, C, q, k, v, g, beta, h0, ids):

@@ -203,26 +203,6 @@ def test_only_filters_runs(tmp_path, capsys):
     assert code == 2 and "no run name" in err
 
 
-@pytest.fixture
-def xla_cache(tmp_path):
-    """A persistent XLA compilation cache in a temporary folder (the seed enters only the init
-    program's arguments, so a model's second seed reuses its first seed's programs); the
-    previous settings are restored afterwards."""
-    import jax
-    from jax.experimental.compilation_cache import compilation_cache as cc
-    names = {"jax_compilation_cache_dir": str(tmp_path / "xla_cache"),
-             "jax_persistent_cache_min_compile_time_secs": 0.0,
-             "jax_persistent_cache_min_entry_size_bytes": 0}
-    old = {n: getattr(jax.config, n) for n in names}
-    for n, v in names.items():
-        jax.config.update(n, v)
-    cc.reset_cache()
-    yield
-    for n, v in old.items():
-        jax.config.update(n, v)
-    cc.reset_cache()
-
-
 def test_state_size_cpu_tiny_reports_seeds_honestly(tmp_path, capsys, xla_cache):
     """Two seeds per point, and a report whose comparison of untrained models is "not
     resolved" (never "holds") with the reason."""

@@ -191,26 +191,6 @@ def test_state_collapse_compare_reads_probes(tmp_path, monkeypatch):
     assert "| gla-L256 | 256 |" in text and "a seed below 0.500 at its training length" in text
 
 
-@pytest.fixture(scope="module")
-def xla_cache(tmp_path_factory):
-    """A persistent XLA compilation cache in a temporary folder for this module's trainings
-    (the seed enters the programs as an argument, so a model's second seed reuses its first
-    seed's init, train and eval programs); the previous settings are restored afterwards."""
-    import jax
-    from jax.experimental.compilation_cache import compilation_cache as cc
-    names = {"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla_cache")),
-             "jax_persistent_cache_min_compile_time_secs": 0.0,
-             "jax_persistent_cache_min_entry_size_bytes": 0}
-    old = {n: getattr(jax.config, n) for n in names}
-    for n, v in names.items():
-        jax.config.update(n, v)
-    cc.reset_cache()
-    yield
-    for n, v in old.items():
-        jax.config.update(n, v)
-    cc.reset_cache()
-
-
 @pytest.mark.xdist_group("tiny_findings")
 @pytest.mark.parametrize("name", FINDINGS)
 def test_tiny_sweep_end_to_end_reports_not_resolved(name, tmp_path, capsys, xla_cache):
