@@ -391,14 +391,39 @@ def fused_scan(kind, q, k, v, g, *, scale, initial_state, segments, chunk_size, 
 
 
 # ----------------------------------------------------------------------------------------------
-# The delta-rule family: the WY stage, the state pass and the output in one forward kernel.
+# The delta-rule family: the WY stage, the state pass and the output in one forward kernel, and
+# their gradients in one backward kernel.
 
-def _delta_fwd_kernel(r, *, gated, seg, C, HB, n_chunks, scale):
-    """One chunk of HB heads of the (gated) delta rule: per head the WY factors (wy.py's masks and
-    blocked triangular inverse), v_new = U - W S_{n-1}, the output body of chunk_output on v_new,
-    then S_n = dec * S_{n-1} + kd^T v_new. W, U and v_new never leave VMEM."""
+def _delta_prologue(r, HB, gated, scale, names):
+    """Both delta kernels' first step: the heads' blocks (and gates) into head-major scratch, and
+    beta's rows [1, C] as columns [C, 1]."""
+    _load_heads(r, "scalar" if gated else "none", HB, scale, names)
+    for j in range(HB):
+        r["beta_h"][j] = r["beta"][pl.ds(j, 1), :].T             # [C, 1]
+
+
+def _delta_factors(r, j, *, gated, seg, C, cdt):
+    """Head j's WY factors (wy.py's masks and blocked triangular inverse): (a [C, C] f32, w [C, K],
+    u [C, V] in the matmul dtype, the masks, beta [C, 1], kk = K K^T [C, C] f32)."""
     from pallas_kernels.pallas import wy
 
+    zeros = jnp.zeros((C, 1), F32)
+    gc = r["bcol_h"][j] if gated else zeros                      # [C, 1]
+    local = r["local"][...] if seg else zeros                    # resets since the chunk start
+    masks = wy.chunk_masks(gc, local)
+    rows, cols, _, lower_same, _, gam, gamma = masks
+    k, v, beta = r["k_h"][j], r["v_h"][j], r["beta_h"][j]
+    kk = mm_nt(k.astype(cdt), k.astype(cdt))
+    a = wy.unit_lower_inverse(jnp.where(lower_same, beta * kk * gam, 0.0), rows, cols)
+    w = mm(a.astype(cdt), (beta * gamma * k.astype(F32)).astype(cdt)).astype(cdt)
+    u = mm(a.astype(cdt), (beta * v.astype(F32)).astype(cdt)).astype(cdt)
+    return a, w, u, masks, beta, kk
+
+
+def _delta_fwd_kernel(r, *, gated, seg, C, HB, n_chunks, scale):
+    """One chunk of HB heads of the (gated) delta rule: per head the WY factors, v_new = U - W
+    S_{n-1}, the output body of chunk_output on v_new, then S_n = dec * S_{n-1} + kd^T v_new
+    (optionally emitting S_{n-1}). W, U and v_new never leave VMEM."""
     n = pl.program_id(2)
     S_ref = r["S"]
 
@@ -407,27 +432,19 @@ def _delta_fwd_kernel(r, *, gated, seg, C, HB, n_chunks, scale):
         S_ref[...] = r["h0"][...] if r["h0"] is not None else jnp.zeros(S_ref.shape, F32)
 
     cdt = compute_dtype(r["k"], r["v"])
-    _load_heads(r, "scalar" if gated else "none", HB, scale, ("q", "k", "v"))
-    for j in range(HB):
-        r["beta_h"][j] = r["beta"][pl.ds(j, 1), :].T             # [C, 1]
-    zeros = jnp.zeros((C, 1), F32)
+    _delta_prologue(r, HB, gated, scale, ("q", "k", "v"))
+    kind = "scalar" if gated else "none"
 
     def head(j, carry):
-        gc = r["bcol_h"][j] if gated else zeros                  # [C, 1]
-        local = r["local"][...] if seg else zeros                # resets since the chunk start
-        rows, cols, _, lower_same, _, gam, gamma = wy.chunk_masks(gc, local)
-        k, v, beta = r["k_h"][j], r["v_h"][j], r["beta_h"][j]
-        kf = k.astype(F32)
-        kk = mm_nt(k.astype(cdt), k.astype(cdt))
-        a = wy.unit_lower_inverse(jnp.where(lower_same, beta * kk * gam, 0.0), rows, cols)
-        w = mm(a.astype(cdt), (beta * gamma * kf).astype(cdt)).astype(cdt)
-        u = mm(a.astype(cdt), (beta * v.astype(F32)).astype(cdt)).astype(cdt)
+        _, w, u, _, _, _ = _delta_factors(r, j, gated=gated, seg=seg, C=C, cdt=cdt)
         S = S_ref[j]
+        if r["states"] is not None:
+            r["states"].at[j][...] = S.astype(r["states"].dtype)
         r["vn"][...] = u.astype(F32) - mm(w, S)                  # v_new, float32 [C, V]
         view = _view(r, j, v=r["vn"], h=S_ref.at[j], o=r["o_acc"].at[j])
         _fwd_kernel(view, mode="scalar", decayed=gated, seg=seg, C=C, c=min(SUB_CHUNK, C),
                     tpu=True)
-        kd, _, dec, _ = _state_step(view, "scalar" if gated else "none", seg)
+        kd, _, dec, _ = _state_step(view, kind, seg)
         S_ref[j] = (S if dec is None else S * dec) + mm_tn(kd.astype(cdt), r["vn"][...])
         return carry
 
@@ -435,68 +452,186 @@ def _delta_fwd_kernel(r, *, gated, seg, C, HB, n_chunks, scale):
     _store_outputs(r, HB, last=n == n_chunks - 1)
 
 
-def _delta_forward(backend, scale, C, q, k, v, g, beta, h0, ids):
+def _delta_bwd_kernel(r, *, gated, seg, C, HB, n_chunks, scale):
+    """The reverse pass: chunk N - 1 - i of HB heads, dS = dL/dS_n in VMEM. Per head, from the
+    saved S_{n-1}: the WY factors and v_new recomputed; the output's backward (dq, dk, dv_new,
+    db, its share of dS_{n-1}); the state step's (dk, dv_new, the gate); v_new = U - W S_{n-1}
+    (dU = dv_new, dW = -dv_new S_{n-1}^T, dS_{n-1} -= W^T dv_new); the WY backward (dk, dv,
+    dbeta, the gate); dS_{n-1} += dec * dS_n. The gate's gradient goes through the chunk-local
+    cumulative sum (a triangular matmul)."""
+    from pallas_kernels.pallas import wy
+
+    i = pl.program_id(2)
+    dS_ref = r["dS"]
+
+    @pl.when(i == 0)
+    def _init():
+        dS_ref[...] = r["dhT"][...]
+
+    cdt = compute_dtype(r["k"], r["v"])
+    _delta_prologue(r, HB, gated, scale, ("q", "k", "v", "do"))
+    kind = "scalar" if gated else "none"
+    tril = _tril(C)
+    last = lax.broadcasted_iota(jnp.int32, (C, 1), 0) == C - 1
+
+    def head(j, carry):
+        a, w, u, masks, beta, kk = _delta_factors(r, j, gated=gated, seg=seg, C=C, cdt=cdt)
+        S = r["states"][j]                                       # S_{n-1}, matmul dtype
+        r["vn"][...] = u.astype(F32) - mm(w, S)
+        view = _view(r, j, v=r["vn"], h=r["states"].at[j], do=r["do_h"].at[j],
+                     dq=r["dq_h"].at[j], dk=r["dk_h"].at[j], dv=r["dvn"], dh=r["dh"],
+                     db=r.get("db"))
+        _bwd_kernel(view, mode="scalar", decayed=gated, seg=seg, C=C, c=min(SUB_CHUNK, C),
+                    tpu=True)
+        kd, _, dec, p = _state_step(view, kind, seg)
+        dS = dS_ref[j]
+        vn = r["vn"][...]
+        dkd = mm_nt(vn, dS)                                      # [C, K] = v_new dS^T
+        dk_s = dkd * p["e"] if gated else dkd
+        if seg:
+            dk_s = dk_s * p["reach"]
+        r["dk_h"][j] = r["dk_h"][j] + dk_s
+        dvn = r["dvn"][...] + mm(kd, dS)                         # [C, V]
+        r["dvn"][...] = dvn
+        r["dw"][...] = -mm_nt(dvn, S)                            # [C, K]
+        dk_ref, dv_ref = r["dk_h"].at[j], r["dv_h"].at[j]
+
+        def store(name, cols, x):
+            if name == "dk":
+                dk_ref[:, cols] = dk_ref[:, cols] + x
+            else:
+                dv_ref[:, cols] = x
+
+        dbeta, dgc = wy.wy_grads(r["k_h"].at[j], r["v_h"].at[j], r["dw"], r["dvn"], beta,
+                                 masks, a, kk, tile=128, cdt=cdt, store=store)
+        r["dbeta_h"][j] = dbeta.T
+        if gated:
+            t = jnp.sum(kd.astype(F32) * dkd, axis=1, keepdims=True)           # [C, 1]
+            dend = jnp.sum(t, axis=0, keepdims=True) + jnp.sum(dS * S.astype(F32)) * dec
+            db = r["db"][...] - t + jnp.where(last, dend, 0.0) + dgc
+            r["dg_h"][j] = mm(db.T, tril)                        # dg_j = sum_{i >= j} db_i
+        dS_ref[j] = (r["dh"][...] + (dS if dec is None else dS * dec)
+                     - mm_tn(w, dvn.astype(cdt)))
+        return carry
+
+    lax.fori_loop(0, HB, head, 0)
+    for j in range(HB):
+        r["dq"][:, j, :] = (r["dq_h"][j] * scale).astype(r["dq"].dtype)
+        r["dk"][:, j, :] = r["dk_h"][j].astype(r["dk"].dtype)
+        r["dv"][:, j, :] = r["dv_h"][j].astype(r["dv"].dtype)
+        r["dbeta"][pl.ds(j, 1), :] = r["dbeta_h"][j]
+        if gated:
+            r["dg"][pl.ds(j, 1), :] = r["dg_h"][j]
+
+    @pl.when(i == n_chunks - 1)
+    def _fin():
+        if r["dh0"] is not None:
+            r["dh0"][...] = dS_ref[...]
+
+
+def _delta_operands(C, q, k, v, g, beta, h0, ids, reverse):
+    """`_operands` plus beta's rows [B, N, H, C] and the chunk-local reset counts of WY."""
+    B, T, H, _ = q.shape
+    N = T // C
+    inputs, specs, HB = _operands("scalar" if g is not None else "none", C, q, k, v, g, h0, ids,
+                                  reverse=reverse)
+    rows = lambda x: jnp.moveaxis(x.astype(F32).reshape(B, N, C, H), 3, 2)  # noqa: E731 [B, N, H, C]
+    inputs.update(h0=h0, beta=rows(beta), local=None)
+    specs.update(beta=specs["gc"], dbeta=specs["gc"], local=specs["rcol"])
+    if ids is not None:
+        inputs["local"] = Segments(ids).chunked(C).local[:, 0].astype(F32)[..., None]
+    return inputs, specs, HB
+
+
+def _delta_scratch(gated, HB, C, K, V, dtypes, extra=()):
+    from jax.experimental.pallas import tpu as pltpu
+
+    return {"vn": pltpu.VMEM((C, V), F32), "beta_h": pltpu.VMEM((HB, C, 1), F32),
+            **_head_scratch("scalar" if gated else "none", HB, C, K, V, dtypes, extra=extra)}
+
+
+def _delta_forward(backend, scale, C, q, k, v, g, beta, h0, ids, save_states):
     """The fused delta-rule forward on the padded problem: (o [B, T, H, V] in v's dtype,
-    hT f32 [B, H, K, V])."""
+    hT f32 [B, H, K, V], states [B, H, N, K, V] in the matmul dtype or None)."""
+    from jax.experimental.pallas import tpu as pltpu
+
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    N = T // C
+    inputs, specs, HB = _delta_operands(C, q, k, v, g, beta, h0, ids, reverse=False)
+    outputs = {"o": jax.ShapeDtypeStruct((B, T, H, V), v.dtype),
+               "hT": jax.ShapeDtypeStruct((B, H, K, V), F32),
+               "states": (jax.ShapeDtypeStruct((B, H, N, K, V), compute_dtype(k, v))
+                          if save_states else None)}
+    scratch = {"S": pltpu.VMEM((HB, K, V), F32), "o_acc": pltpu.VMEM((HB, C, V), F32),
+               **_delta_scratch(g is not None, HB, C, K, V,
+                                {"q": q.dtype, "k": k.dtype, "v": v.dtype})}
+    out = call(functools.partial(_delta_fwd_kernel, gated=g is not None, seg=ids is not None,
+                                 C=C, HB=HB, n_chunks=N, scale=scale),
+               backend=backend, grid=(B, H // HB, N), inputs=inputs, outputs=outputs,
+               in_specs=specs, out_specs=specs, scratch=scratch,
+               semantics=("parallel", "parallel", "arbitrary"), name="chunk_fused_fwd_delta")
+    return out["o"], out["hT"], out["states"]
+
+
+def _delta_backward(backend, scale, C, q, k, v, g, beta, h0, ids, states, do, dhT):
+    """The fused delta-rule backward: (dq, dk, dv, dg, dbeta, dh0) from the saved states."""
     from jax.experimental.pallas import tpu as pltpu
 
     B, T, H, K = q.shape
     V = v.shape[-1]
     N = T // C
     gated = g is not None
-    inputs, specs, HB = _operands("scalar" if gated else "none", C, q, k, v, g, h0, ids,
-                                  reverse=False)
-    rows = lambda x: jnp.moveaxis(x.astype(F32).reshape(B, N, C, H), 3, 2)  # noqa: E731 [B, N, H, C]
-    inputs.update(h0=h0, beta=rows(beta), local=None)
-    specs["beta"] = specs["gc"]
-    specs["local"] = specs["rcol"]
-    if ids is not None:
-        inputs["local"] = Segments(ids).chunked(C).local[:, 0].astype(F32)[..., None]
-    outputs = {"o": jax.ShapeDtypeStruct((B, T, H, V), v.dtype),
-               "hT": jax.ShapeDtypeStruct((B, H, K, V), F32)}
-    scratch = {"S": pltpu.VMEM((HB, K, V), F32), "o_acc": pltpu.VMEM((HB, C, V), F32),
-               "vn": pltpu.VMEM((C, V), F32), "beta_h": pltpu.VMEM((HB, C, 1), F32),
-               **_head_scratch("scalar" if gated else "none", HB, C, K, V,
-                               {"q": q.dtype, "k": k.dtype, "v": v.dtype})}
-    out = call(functools.partial(_delta_fwd_kernel, gated=gated, seg=ids is not None, C=C, HB=HB,
+    inputs, specs, HB = _delta_operands(C, q, k, v, g, beta, h0, ids, reverse=True)
+    inputs.update(states=states, do=do, dhT=dhT.astype(F32))
+    sds = jax.ShapeDtypeStruct
+    rows = sds((B, N, H, C), F32)
+    outputs = {"dq": sds(q.shape, q.dtype), "dk": sds(k.shape, k.dtype), "dv": sds(v.shape, v.dtype),
+               "dg": rows if gated else None, "dbeta": rows,
+               "dh0": None if h0 is None else sds(h0.shape, F32)}
+    scratch = {"dS": pltpu.VMEM((HB, K, V), F32), "dh": pltpu.VMEM((K, V), F32),
+               "dvn": pltpu.VMEM((C, V), F32), "dw": pltpu.VMEM((C, K), F32),
+               "dbeta_h": pltpu.VMEM((HB, 1, C), F32),
+               **_delta_scratch(gated, HB, C, K, V, {"q": q.dtype, "k": k.dtype, "v": v.dtype},
+                                extra=("do", "dq", "dk", "dv"))}
+    if gated:
+        scratch["db"] = pltpu.VMEM((C, 1), F32)
+        scratch["dg_h"] = pltpu.VMEM((HB, 1, C), F32)
+    out = call(functools.partial(_delta_bwd_kernel, gated=gated, seg=ids is not None, C=C, HB=HB,
                                  n_chunks=N, scale=scale),
                backend=backend, grid=(B, H // HB, N), inputs=inputs, outputs=outputs,
                in_specs=specs, out_specs=specs, scratch=scratch,
-               semantics=("parallel", "parallel", "arbitrary"), name="chunk_fused_fwd_delta")
-    return out["o"], out["hT"]
+               semantics=("parallel", "parallel", "arbitrary"), name="chunk_fused_bwd_delta")
+    unrow = lambda x, like: jnp.moveaxis(x, 2, 3).reshape(B, T, H).astype(like.dtype)  # noqa: E731
+    dg = unrow(out["dg"], g) if gated else None
+    return out["dq"], out["dk"], out["dv"], dg, unrow(out["dbeta"], beta), out["dh0"]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
-def _delta(staged, backend, scale, C, q, k, v, g, beta, h0, ids):
-    return _delta_forward(backend, scale, C, q, k, v, g, beta, h0, ids)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _delta(backend, scale, C, q, k, v, g, beta, h0, ids):
+    o, hT, _ = _delta_forward(backend, scale, C, q, k, v, g, beta, h0, ids, save_states=False)
+    return o, hT
 
 
-def _delta_fwd(staged, backend, scale, C, q, k, v, g, beta, h0, ids):
-    # Under differentiation the staged path runs (its WY, state and output stages keep their
-    # residuals for their Pallas backward kernels); o is cast to v's dtype as the primal's.
-    def path(q, k, v, g, beta, h0):
-        segments = None if ids is None else Segments(ids)
-        with _backend.use_backend(backend.kind, interpret=backend.interpret):
-            o, hT = staged(q, k, v, g, beta, scale=scale, initial_state=h0, segments=segments,
-                           chunk_size=C)
-        return o.astype(v.dtype), hT
-
-    out, vjp = jax.vjp(path, q, k, v, g, beta, h0)
-    return out, (vjp, ids)
+def _delta_fwd(backend, scale, C, q, k, v, g, beta, h0, ids):
+    o, hT, states = _delta_forward(backend, scale, C, q, k, v, g, beta, h0, ids, save_states=True)
+    return (o, hT), (q, k, v, g, beta, h0, ids, states)
 
 
-def _delta_bwd(staged, backend, scale, C, res, cts):
-    vjp, ids = res
-    grads = vjp(cts)
-    return (*grads, None if ids is None else jnp.zeros(ids.shape, jax.dtypes.float0))
+def _delta_bwd(backend, scale, C, res, cts):
+    q, k, v, g, beta, h0, ids, states = res
+    do, dhT = cts
+    dq, dk, dv, dg, dbeta, dh0 = _delta_backward(backend, scale, C, q, k, v, g, beta, h0, ids,
+                                                 states, do, dhT)
+    dids = None if ids is None else jnp.zeros(ids.shape, jax.dtypes.float0)
+    return dq, dk, dv, dg, dbeta, dh0, dids
 
 
 _delta.defvjp(_delta_fwd, _delta_bwd)
 
 
-def fused_delta(staged, q, k, v, g, beta, *, scale, initial_state, segments, chunk_size):
-    """(gated_)delta_rule with the fused forward kernel; under differentiation the staged path
-    `staged` (delta.gated_delta_rule's stages) runs forward and backward.
+def fused_delta(q, k, v, g, beta, *, scale, initial_state, segments, chunk_size):
+    """(gated_)delta_rule through the fused kernels, forward and backward.
 
     Args:
       q, k: [B, T, H, K]; v: [B, T, H, V]; g: [B, T, H] log-decay or None (delta_rule); beta:
@@ -508,4 +643,4 @@ def fused_delta(staged, q, k, v, g, beta, *, scale, initial_state, segments, chu
     """
     ids = None if segments is None else segments.ids
     h0 = None if initial_state is None else initial_state.astype(F32)
-    return _delta(staged, _backend.current(), float(scale), chunk_size, q, k, v, g, beta, h0, ids)
+    return _delta(_backend.current(), float(scale), chunk_size, q, k, v, g, beta, h0, ids)

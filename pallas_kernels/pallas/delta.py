@@ -43,10 +43,10 @@ F32 = jnp.float32
 
 def gated_delta_rule(q, k, v, g, beta, *, scale, initial_state, segments, chunk_size):
     """Chunked gated delta rule on Pallas kernels (the padded problem of `pallas.Kernel.fn`); on
-    the TPU flavour the forward is one fused kernel (`chunk_fused.fused_delta`), the backward the
-    stages below."""
+    the TPU flavour one fused kernel forward and one backward (`chunk_fused.fused_delta`); on the
+    Triton flavour the stages below."""
     if chunk_fused.applies("scalar"):
-        return chunk_fused.fused_delta(staged_gated_delta_rule, q, k, v, g, beta, scale=scale,
+        return chunk_fused.fused_delta(q, k, v, g, beta, scale=scale,
                                        initial_state=initial_state, segments=segments,
                                        chunk_size=chunk_size)
     return staged_gated_delta_rule(q, k, v, g, beta, scale=scale, initial_state=initial_state,

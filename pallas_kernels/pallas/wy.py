@@ -151,23 +151,28 @@ def _wy_fwd_kernel(k_ref, v_ref, beta_ref, gc_ref, r_ref, w_ref, u_ref, a_ref, *
         u_ref[:, t] = dot(a, beta * v_ref[:, t].astype(f32), cdt=cdt).astype(u_ref.dtype)
 
 
-def _wy_bwd_kernel(k_ref, v_ref, beta_ref, gc_ref, r_ref, a_ref, dw_ref, du_ref,
-                   dk_ref, dv_ref, dbeta_ref, dgc_ref, *, tile):
+def wy_grads(k_ref, v_ref, dw_ref, du_ref, beta, masks, a, kk, *, tile, cdt, store):
+    """In-kernel backward of one chunk's W = A diag(beta gamma) K, U = A diag(beta) V.
+
+    Args:
+      k_ref [C, K], v_ref [C, V], dw_ref [C, K], du_ref [C, V]: refs, read in column tiles of
+        `tile`; beta [C, 1] float32; masks: `chunk_masks`' tuple; a [C, C] float32 (A); kk
+        [C, C] float32 (K K^T); cdt: matmul operand dtype; store(name, cols, x): receives the
+        column tile `cols` of "dk" [C, K] and "dv" [C, V] (float32).
+
+    Returns:
+      (dbeta [C, 1], dgc [C, 1]) float32.
+    """
     f32 = jnp.float32
-    cdt, K, V, beta, (_, _, eye, lower_same, _, gam, gamma) = _prologue(
-        k_ref, v_ref, beta_ref, gc_ref, r_ref)
-    a = a_ref[...].astype(f32)
+    _, _, eye, lower_same, _, gam, gamma = masks
+    K, V = k_ref.shape[-1], v_ref.shape[-1]
     bg = beta * gamma
     # W = A Kb, U = A Vb with Kb = diag(beta gamma) K, Vb = diag(beta) V:
     # dA = dW Kb^T + dU Vb^T, dKb = A^T dW, dVb = A^T dU.
     da = None
-    kk = None
     for t in _tiles(K, tile):
-        kt = k_ref[:, t].astype(f32)
-        part = dot(dw_ref[:, t], bg * kt, trans_b=True, cdt=cdt)
+        part = dot(dw_ref[:, t], bg * k_ref[:, t].astype(f32), trans_b=True, cdt=cdt)
         da = part if da is None else da + part
-        part = dot(kt, kt, trans_b=True, cdt=cdt)
-        kk = part if kk is None else kk + part
     for t in _tiles(V, tile):
         da = da + dot(du_ref[:, t], beta * v_ref[:, t].astype(f32), trans_b=True, cdt=cdt)
     # A = M^{-1}, M = I + L: dM = -A^T dA A^T; only the strictly lower (same segment) part of L
@@ -185,16 +190,33 @@ def _wy_bwd_kernel(k_ref, v_ref, beta_ref, gc_ref, r_ref, a_ref, dw_ref, du_ref,
     for t in _tiles(K, tile):
         kt = k_ref[:, t].astype(f32)
         dkb = dot(a, dw_ref[:, t], trans_a=True, cdt=cdt)
-        dk_ref[:, t] = (dot(dkk, kt, cdt=cdt) + dot(dkk, kt, trans_a=True, cdt=cdt)
-                        + bg * dkb).astype(dk_ref.dtype)
+        store("dk", t, dot(dkk, kt, cdt=cdt) + dot(dkk, kt, trans_a=True, cdt=cdt) + bg * dkb)
         part = jnp.sum(dkb * kt, axis=1, keepdims=True)
         dkb_k = part if dkb_k is None else dkb_k + part
     for t in _tiles(V, tile):
         dvb = dot(a, du_ref[:, t], trans_a=True, cdt=cdt)
-        dv_ref[:, t] = (beta * dvb).astype(dv_ref.dtype)
+        store("dv", t, beta * dvb)
         dbeta = dbeta + jnp.sum(dvb * v_ref[:, t].astype(f32), axis=1, keepdims=True)
-    dbeta_ref[...] = (dbeta + gamma * dkb_k).astype(dbeta_ref.dtype)
-    dgc_ref[...] = (dgc + bg * dkb_k).astype(dgc_ref.dtype)
+    return dbeta + gamma * dkb_k, dgc + bg * dkb_k
+
+
+def _wy_bwd_kernel(k_ref, v_ref, beta_ref, gc_ref, r_ref, a_ref, dw_ref, du_ref,
+                   dk_ref, dv_ref, dbeta_ref, dgc_ref, *, tile):
+    cdt, K, _V, beta, masks = _prologue(k_ref, v_ref, beta_ref, gc_ref, r_ref)
+    kk = None
+    for t in _tiles(K, tile):
+        kt = k_ref[:, t]
+        part = dot(kt, kt, trans_b=True, cdt=cdt)
+        kk = part if kk is None else kk + part
+    outs = {"dk": dk_ref, "dv": dv_ref}
+
+    def store(name, cols, x):
+        outs[name][:, cols] = x.astype(outs[name].dtype)
+
+    dbeta, dgc = wy_grads(k_ref, v_ref, dw_ref, du_ref, beta, masks,
+                          a_ref[...].astype(jnp.float32), kk, tile=tile, cdt=cdt, store=store)
+    dbeta_ref[...] = dbeta.astype(dbeta_ref.dtype)
+    dgc_ref[...] = dgc.astype(dgc_ref.dtype)
 
 
 def _tile_for(backend: _backend.Backend) -> int:
