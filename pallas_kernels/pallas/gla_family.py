@@ -31,7 +31,7 @@ from pallas_kernels.chunking import (
     padded_dim,
     to_chunks,
 )
-from pallas_kernels.pallas import _backend, chunk_fused
+from pallas_kernels.pallas import _backend, chunk_fused, gsa_fused
 from pallas_kernels.pallas.chunk_output import output_stage
 from pallas_kernels.pallas.chunk_state import state_pass
 
@@ -144,13 +144,9 @@ def gsa(q, k, v, s, g, *, scale, initial_state, segments, chunk_size):
     A0 = B0 = None
     if initial_state is not None:
         A0, B0 = pad_dim(initial_state[0], Mp, axis=3), pad_dim(initial_state[1], Mp, axis=2)
-    if chunk_fused.applies("value") and Mp == M:  # TPU: both passes fused, [B, T, H, M] in place
-        scores, AT = chunk_fused.fused_scan("value", q, k, s, g, scale=scale, initial_state=A0,
-                                            segments=segments, chunk_size=C, out_dtype=F32)
-        p = jax.nn.softmax(scores, axis=-1).astype(s.dtype)
-        o, BT = chunk_fused.fused_scan("key", p, s, v, g, scale=1.0, initial_state=B0,
-                                       segments=segments, chunk_size=C)
-        return o, (AT, BT)
+    if gsa_fused.applies() and Mp == M:  # TPU: both passes and the softmax in one kernel
+        return gsa_fused.gsa(q, k, v, s, g, scale=scale, initial_state=initial_state,
+                             segments=segments, chunk_size=C)
     segs = None if segments is None else segments.chunked(C)
     sc, gc = to_chunks(s, C), to_chunks(g, C)
     # Pass 1: A_t = A_{t-1} diag(exp g_t) + k_t s_t^T (gate on the value axis), scores A_t^T q_t.
