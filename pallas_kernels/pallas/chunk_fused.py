@@ -402,15 +402,21 @@ def _delta_prologue(r, HB, gated, scale, names):
         r["beta_h"][j] = r["beta"][pl.ds(j, 1), :].T             # [C, 1]
 
 
-def _delta_factors(r, j, *, gated, seg, C, cdt):
+def _delta_factors(r, j, *, gated, seg, C, cdt, mini_batch):
     """Head j's WY factors (wy.py's masks and blocked triangular inverse): (a [C, C] f32, w [C, K],
-    u [C, V] in the matmul dtype, the masks, beta [C, 1], kk = K K^T [C, C] f32)."""
+    u [C, V] in the matmul dtype, the masks, beta [C, 1], kk = K K^T [C, C] f32). With
+    `mini_batch` b (ttt_linear; chunks are whole mini-batches, no segments) the pairs of L are
+    those whose key lies in an earlier mini-batch, [floor(j / b) < floor(i / b)]."""
     from pallas_kernels.pallas import wy
 
     zeros = jnp.zeros((C, 1), F32)
     gc = r["bcol_h"][j] if gated else zeros                      # [C, 1]
     local = r["local"][...] if seg else zeros                    # resets since the chunk start
     masks = wy.chunk_masks(gc, local)
+    if mini_batch is not None:
+        rows, cols = masks[:2]
+        batch = lambda x: jnp.floor((x.astype(F32) + 0.5) / mini_batch)  # noqa: E731
+        masks = (*masks[:3], batch(rows) > batch(cols), *masks[4:])
     rows, cols, _, lower_same, _, gam, gamma = masks
     k, v, beta = r["k_h"][j], r["v_h"][j], r["beta_h"][j]
     kk = mm_nt(k.astype(cdt), k.astype(cdt))
@@ -420,7 +426,7 @@ def _delta_factors(r, j, *, gated, seg, C, cdt):
     return a, w, u, masks, beta, kk
 
 
-def _delta_fwd_kernel(r, *, gated, seg, C, HB, n_chunks, scale):
+def _delta_fwd_kernel(r, *, gated, seg, C, HB, n_chunks, scale, mini_batch):
     """One chunk of HB heads of the (gated) delta rule: per head the WY factors, v_new = U - W
     S_{n-1}, the output body of chunk_output on v_new, then S_n = dec * S_{n-1} + kd^T v_new
     (optionally emitting S_{n-1}). W, U and v_new never leave VMEM."""
@@ -436,7 +442,8 @@ def _delta_fwd_kernel(r, *, gated, seg, C, HB, n_chunks, scale):
     kind = "scalar" if gated else "none"
 
     def head(j, carry):
-        _, w, u, _, _, _ = _delta_factors(r, j, gated=gated, seg=seg, C=C, cdt=cdt)
+        _, w, u, _, _, _ = _delta_factors(r, j, gated=gated, seg=seg, C=C, cdt=cdt,
+                                          mini_batch=mini_batch)
         S = S_ref[j]
         if r["states"] is not None:
             r["states"].at[j][...] = S.astype(r["states"].dtype)
@@ -452,7 +459,7 @@ def _delta_fwd_kernel(r, *, gated, seg, C, HB, n_chunks, scale):
     _store_outputs(r, HB, last=n == n_chunks - 1)
 
 
-def _delta_bwd_kernel(r, *, gated, seg, C, HB, n_chunks, scale):
+def _delta_bwd_kernel(r, *, gated, seg, C, HB, n_chunks, scale, mini_batch):
     """The reverse pass: chunk N - 1 - i of HB heads, dS = dL/dS_n in VMEM. Per head, from the
     saved S_{n-1}: the WY factors and v_new recomputed; the output's backward (dq, dk, dv_new,
     db, its share of dS_{n-1}); the state step's (dk, dv_new, the gate); v_new = U - W S_{n-1}
@@ -475,7 +482,8 @@ def _delta_bwd_kernel(r, *, gated, seg, C, HB, n_chunks, scale):
     last = lax.broadcasted_iota(jnp.int32, (C, 1), 0) == C - 1
 
     def head(j, carry):
-        a, w, u, masks, beta, kk = _delta_factors(r, j, gated=gated, seg=seg, C=C, cdt=cdt)
+        a, w, u, masks, beta, kk = _delta_factors(r, j, gated=gated, seg=seg, C=C, cdt=cdt,
+                                                  mini_batch=mini_batch)
         S = r["states"][j]                                       # S_{n-1}, matmul dtype
         r["vn"][...] = u.astype(F32) - mm(w, S)
         view = _view(r, j, v=r["vn"], h=r["states"].at[j], do=r["do_h"].at[j],
@@ -550,7 +558,7 @@ def _delta_scratch(gated, HB, C, K, V, dtypes, extra=()):
             **_head_scratch("scalar" if gated else "none", HB, C, K, V, dtypes, extra=extra)}
 
 
-def _delta_forward(backend, scale, C, q, k, v, g, beta, h0, ids, save_states):
+def _delta_forward(backend, scale, C, mini_batch, q, k, v, g, beta, h0, ids, save_states):
     """The fused delta-rule forward on the padded problem: (o [B, T, H, V] in v's dtype,
     hT f32 [B, H, K, V], states [B, H, N, K, V] in the matmul dtype or None)."""
     from jax.experimental.pallas import tpu as pltpu
@@ -567,14 +575,14 @@ def _delta_forward(backend, scale, C, q, k, v, g, beta, h0, ids, save_states):
                **_delta_scratch(g is not None, HB, C, K, V,
                                 {"q": q.dtype, "k": k.dtype, "v": v.dtype})}
     out = call(functools.partial(_delta_fwd_kernel, gated=g is not None, seg=ids is not None,
-                                 C=C, HB=HB, n_chunks=N, scale=scale),
+                                 C=C, HB=HB, n_chunks=N, scale=scale, mini_batch=mini_batch),
                backend=backend, grid=(B, H // HB, N), inputs=inputs, outputs=outputs,
                in_specs=specs, out_specs=specs, scratch=scratch,
                semantics=("parallel", "parallel", "arbitrary"), name="chunk_fused_fwd_delta")
     return out["o"], out["hT"], out["states"]
 
 
-def _delta_backward(backend, scale, C, q, k, v, g, beta, h0, ids, states, do, dhT):
+def _delta_backward(backend, scale, C, mini_batch, q, k, v, g, beta, h0, ids, states, do, dhT):
     """The fused delta-rule backward: (dq, dk, dv, dg, dbeta, dh0) from the saved states."""
     from jax.experimental.pallas import tpu as pltpu
 
@@ -598,7 +606,7 @@ def _delta_backward(backend, scale, C, q, k, v, g, beta, h0, ids, states, do, dh
         scratch["db"] = pltpu.VMEM((C, 1), F32)
         scratch["dg_h"] = pltpu.VMEM((HB, 1, C), F32)
     out = call(functools.partial(_delta_bwd_kernel, gated=gated, seg=ids is not None, C=C, HB=HB,
-                                 n_chunks=N, scale=scale),
+                                 n_chunks=N, scale=scale, mini_batch=mini_batch),
                backend=backend, grid=(B, H // HB, N), inputs=inputs, outputs=outputs,
                in_specs=specs, out_specs=specs, scratch=scratch,
                semantics=("parallel", "parallel", "arbitrary"), name="chunk_fused_bwd_delta")
@@ -607,22 +615,24 @@ def _delta_backward(backend, scale, C, q, k, v, g, beta, h0, ids, states, do, dh
     return out["dq"], out["dk"], out["dv"], dg, unrow(out["dbeta"], beta), out["dh0"]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _delta(backend, scale, C, q, k, v, g, beta, h0, ids):
-    o, hT, _ = _delta_forward(backend, scale, C, q, k, v, g, beta, h0, ids, save_states=False)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _delta(backend, scale, C, mini_batch, q, k, v, g, beta, h0, ids):
+    o, hT, _ = _delta_forward(backend, scale, C, mini_batch, q, k, v, g, beta, h0, ids,
+                              save_states=False)
     return o, hT
 
 
-def _delta_fwd(backend, scale, C, q, k, v, g, beta, h0, ids):
-    o, hT, states = _delta_forward(backend, scale, C, q, k, v, g, beta, h0, ids, save_states=True)
+def _delta_fwd(backend, scale, C, mini_batch, q, k, v, g, beta, h0, ids):
+    o, hT, states = _delta_forward(backend, scale, C, mini_batch, q, k, v, g, beta, h0, ids,
+                                   save_states=True)
     return (o, hT), (q, k, v, g, beta, h0, ids, states)
 
 
-def _delta_bwd(backend, scale, C, res, cts):
+def _delta_bwd(backend, scale, C, mini_batch, res, cts):
     q, k, v, g, beta, h0, ids, states = res
     do, dhT = cts
-    dq, dk, dv, dg, dbeta, dh0 = _delta_backward(backend, scale, C, q, k, v, g, beta, h0, ids,
-                                                 states, do, dhT)
+    dq, dk, dv, dg, dbeta, dh0 = _delta_backward(backend, scale, C, mini_batch, q, k, v, g, beta,
+                                                 h0, ids, states, do, dhT)
     dids = None if ids is None else jnp.zeros(ids.shape, jax.dtypes.float0)
     return dq, dk, dv, dg, dbeta, dh0, dids
 
@@ -630,17 +640,24 @@ def _delta_bwd(backend, scale, C, res, cts):
 _delta.defvjp(_delta_fwd, _delta_bwd)
 
 
-def fused_delta(q, k, v, g, beta, *, scale, initial_state, segments, chunk_size):
-    """(gated_)delta_rule through the fused kernels, forward and backward.
+def fused_delta(q, k, v, g, beta, *, scale, initial_state, segments, chunk_size,
+                mini_batch=None):
+    """(gated_)delta_rule through the fused kernels, forward and backward; with `mini_batch` b,
+    ttt_linear (beta = eta, no gate, no segments, chunk_size a multiple of b): the delta rule
+    whose pairs inside one mini-batch are masked out of L.
 
     Args:
       q, k: [B, T, H, K]; v: [B, T, H, V]; g: [B, T, H] log-decay or None (delta_rule); beta:
         [B, T, H]; T a multiple of chunk_size; initial_state: f32 [B, H, K, V] or None; segments:
-        `Segments` or None.
+        `Segments` or None; mini_batch: None or b.
 
     Returns:
       (o [B, T, H, V] in v's dtype, final state f32 [B, H, K, V]).
     """
     ids = None if segments is None else segments.ids
     h0 = None if initial_state is None else initial_state.astype(F32)
-    return _delta(_backend.current(), float(scale), chunk_size, q, k, v, g, beta, h0, ids)
+    if mini_batch is not None and (g is not None or segments is not None or chunk_size % mini_batch):
+        raise ValueError(f"fused_delta: mini_batch={mini_batch} takes no gate and no segments, "
+                         f"and chunk_size={chunk_size} must be a multiple of it")
+    return _delta(_backend.current(), float(scale), chunk_size, mini_batch, q, k, v, g, beta, h0,
+                  ids)

@@ -10,6 +10,10 @@ is the shared stages with the delta-rule correction:
     3. output (`chunk_output.output_stage`, "scalar" mode, no decay):
        o = qs S_{n-1} + ((qs K^T) * causal) v_new
 
+On the TPU flavour the three steps are one forward kernel and one backward kernel
+(`chunk_fused.fused_delta` with the mini-batch mask): the factors are recomputed per chunk in
+VMEM. The staged form below serves the Triton flavour.
+
 Other calls (packed segments, whose mini-batches restart at each segment start and straddle the
 chunk grid; or b not dividing C) need a second carried state (the open mini-batch's starting W),
 which the shared single-state pass does not have: `impl="auto"` runs them on the xla path and
@@ -25,6 +29,7 @@ import jax.numpy as jnp
 
 from pallas_kernels import xla as _xla
 from pallas_kernels.chunking import from_chunks, to_chunks
+from pallas_kernels.pallas import chunk_fused
 from pallas_kernels.pallas.chunk_output import output_stage
 from pallas_kernels.pallas.chunk_state import state_pass
 
@@ -49,11 +54,15 @@ def ttt_linear(q, k, v, eta, *, scale, initial_state, segments, chunk_size, mini
       initial_state: [B, H, K, V] float32 or None; segments: must be None; chunk_size: C
       (T % C == 0, C % mini_batch_size == 0).
     Returns:
-      (o [B, T, H, V] float32, final state [B, H, K, V] float32).
+      (o [B, T, H, V] (float32; v's dtype on the TPU flavour), final state [B, H, K, V] float32).
     """
     reason = takes(segments, chunk_size, mini_batch_size=mini_batch_size)
     if reason is not None:
         raise ValueError(f"ttt_linear Pallas kernels: {reason}")
+    if chunk_fused.applies("none"):  # TPU: the delta rule's fused kernels with the mini-batch mask
+        return chunk_fused.fused_delta(q, k, v, None, eta, scale=scale, initial_state=initial_state,
+                                       segments=None, chunk_size=chunk_size,
+                                       mini_batch=mini_batch_size)
     B, T, H, K = q.shape
     V = v.shape[-1]
     C, b = chunk_size, mini_batch_size
