@@ -21,7 +21,12 @@ and head,
     o      = chunk_output's "key" output body on B_{n-1} ("q" = p, "k" = s)       [C, V]
     A_n, B_n = both state steps (chunk_fused._state_step), A and B in VMEM        f32
 
-so q, k, v, s and g are read once and o written once. Under differentiation it also writes
+so q, k, v, s and g are read once and o written once. s and g are read slot-major, as
+sT, gT [B, H, M, T] in blocks [HB, M, CB] (CB = lcm(C, 128) positions, T padded up to a multiple
+of CB; a block serves CB / C chunks): time on the lanes, so the 64-wide slot axis is not padded to
+128 lanes, and XLA's TPU layout of a [B, T, H, 64] argument (time minor) makes the transpose a
+bitcast. Per head, s [C, M] = sel @ sT^T and b = cum @ gT^T (the chunk-local cumsum of g) are
+one matmul each, sel / cum [C, CB] picking (and summing) the chunk's columns. Under differentiation it also writes
 p [B, T, H, M] (s's dtype) and the state entering every chunk, A [B, H, N, K, M] and
 B [B, H, N, M, V] in the matmul dtype (bf16 for bf16 inputs). The backward is chunk_fused's
 fused backward kernel twice, from those residuals: pass 2 ("key": dp, ds, dv, dg, dB0), the
@@ -31,6 +36,7 @@ softmax backward in XLA (dscores = p * (dp - sum(p * dp))), pass 1 ("value": dq,
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +45,7 @@ from jax.experimental import pallas as pl
 
 from pallas_kernels.pallas import _backend
 from pallas_kernels.pallas import chunk_fused as cf
-from pallas_kernels.pallas._common import F32, call, compute_dtype, mm_tn
+from pallas_kernels.pallas._common import F32, call, compute_dtype, mm_nt, mm_tn
 from pallas_kernels.pallas.chunk_output import SUB_CHUNK, _fwd_kernel
 
 
@@ -65,10 +71,20 @@ def _fwd_kernel_gsa(r, *, seg, C, HB, n_chunks, scale):
         A_ref[...] = r["A0"][...] if r["A0"] is not None else jnp.zeros(A_ref.shape, F32)
         B_ref[...] = r["B0"][...] if r["B0"] is not None else jnp.zeros(B_ref.shape, F32)
 
-    cdt1 = compute_dtype(r["q"], r["k"], r["s"])
-    cdt2 = compute_dtype(r["s"], r["s"], r["v"])
-    # q (scaled), k, v, s per head, and b = the chunk-local cumsum of g ([C, M], b_h)
-    cf._load_heads(r, "value", HB, scale, ("q", "k", "v", "s"))
+    cdt1 = compute_dtype(r["q"], r["k"], r["sT"])
+    cdt2 = compute_dtype(r["sT"], r["sT"], r["v"])
+    # q (scaled), k, v per head; s [C, M] and b = the chunk-local cumsum of g [C, M] from the
+    # slot-major blocks [M, CB] (this chunk: columns off .. off + C - 1) as one matmul each
+    cf._load_heads(r, "none", HB, scale, ("q", "k", "v"))
+    CB = r["sT"].shape[-1]
+    off = lax.rem(n, CB // C) * C
+    rows = lax.broadcasted_iota(jnp.int32, (C, CB), 0)
+    cols = lax.broadcasted_iota(jnp.int32, (C, CB), 1) - off
+    sel = jnp.where(cols == rows, 1.0, 0.0).astype(r["sT"].dtype)              # [C, CB]
+    cum = jnp.where(jnp.logical_and(cols >= 0, cols <= rows), 1.0, 0.0).astype(F32)
+    for j in range(HB):
+        r["s_h"][j] = mm_nt(sel, r["sT"][j]).astype(r["s_h"].dtype)            # exact: one term
+        r["b_h"][j] = mm_nt(cum, r["gT"][j])                                   # float32 precision
     c = min(SUB_CHUNK, C)
 
     def head(j, carry):
@@ -112,14 +128,23 @@ def _forward(backend, scale, C, q, k, v, s, g, A0, B0, ids, save):
     B, T, H, K = q.shape
     V, M = v.shape[-1], s.shape[-1]
     N = T // C
-    inputs, specs, HB = cf._operands("value", C, q, k, v, g, None, ids, reverse=False)
+    inputs, specs, HB = cf._operands("none", C, q, k, v, None, None, ids, reverse=False)
     tok = lambda d: pl.BlockSpec((None, C, HB, d), lambda b, h, n: (b, n, h, 0))  # noqa: E731
+    # s and g slot-major, [B, H, M, T] (time on the lanes: no padding of M to 128, and for the
+    # layout XLA gives [B, T, H, 64] arguments on TPU the transpose is free), in blocks of
+    # CB = lcm(C, 128) positions (T padded up to a multiple of it)
+    CB = math.lcm(C, 128)
+    Tp = -(-T // CB) * CB
+    sT, gT = (jnp.pad(jnp.transpose(x, (0, 2, 3, 1)), ((0, 0),) * 3 + ((0, Tp - T),))
+              for x in (s, g))
+    R = CB // C
+    slot = pl.BlockSpec((None, HB, M, CB), lambda b, h, n: (b, h, 0, lax.div(n, R)))
     full = lambda a, b_: pl.BlockSpec((None, HB, a, b_), lambda b, h, n: (b, h, 0, 0))  # noqa: E731
     per_chunk = lambda a, b_: pl.BlockSpec((None, HB, None, a, b_),  # noqa: E731
                                            lambda b, h, n: (b, h, n, 0, 0))
-    specs.update(s=tok(M), g=tok(M), p=tok(M), A0=full(K, M), AT=full(K, M), B0=full(M, V),
+    specs.update(sT=slot, gT=slot, p=tok(M), A0=full(K, M), AT=full(K, M), B0=full(M, V),
                  BT=full(M, V), statesA=per_chunk(K, M), statesB=per_chunk(M, V))
-    inputs.update(s=s, A0=A0, B0=B0)
+    inputs.update(sT=sT, gT=gT, A0=A0, B0=B0)
     sds = jax.ShapeDtypeStruct
     cdt1, cdt2 = compute_dtype(q, k, s), compute_dtype(s, s, v)
     outputs = {"o": sds((B, T, H, V), v.dtype), "AT": sds((B, H, K, M), F32),
