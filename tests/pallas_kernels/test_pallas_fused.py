@@ -56,3 +56,16 @@ def test_ttt_linear_forward_without_gradients_and_head_blocks(b, pallas_flavour)
     errs = compare("ttt_linear", inputs, h0, seg, impl="pallas", chunk_size=16,
                    options={"mini_batch_size": b})
     assert max(errs.values()) < 2e-3, errs
+
+
+@pytest.mark.parametrize("pallas_flavour", ["tpu"], indirect=True)
+@pytest.mark.parametrize("op", [pytest.param(op, marks=pytest.mark.slow) if op in ("gla", "gsa")
+                                else op for op in FUSED + ("ttt_linear",)])  # slow: 50-90 s each
+def test_long_sequence_against_float64(op, pallas_flavour):
+    """T = 4096 (64 chunks walked by one kernel, the state in VMEM all along), weak decay:
+    outputs, final states and every gradient still on the float64 recurrence."""
+    seg = op != "ttt_linear"
+    inputs, h, ids = make_inputs(op, B=1, T=4096, H=1, K=16, V=16, M=4, decay=0.05, seed=7,
+                                 segments=seg)
+    errs = compare(op, inputs, h, ids, impl="pallas", chunk_size=64)
+    assert max(errs.values()) < 2e-3, errs
