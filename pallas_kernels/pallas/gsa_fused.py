@@ -1,10 +1,13 @@
-"""gsa's two gated passes and the softmax between them in one forward kernel (TPU flavour).
+"""gsa's two gated passes and the softmax between them in one forward and one backward kernel
+(TPU flavour).
 
 gsa (gated slot attention) is two gated-linear passes over M slots with a softmax between:
 
-    pass 1 ("value" gate):  A_t = A_{t-1} diag(exp g_t) + k_t s_t^T    A [K, M]; scores_t = A_t^T q_t
+    pass 1 ("value" gate):  A_t = A_{t-1} diag(exp g_t) + k_t s_t^T,  scores_t = A_t^T q_t
     p_t = softmax over the M slots of scores_t
-    pass 2 ("key" gate):    B_t = diag(exp g_t) B_{t-1} + s_t v_t^T    B [M, V]; o_t = B_t^T p_t
+    pass 2 ("key" gate):    B_t = diag(exp g_t) B_{t-1} + s_t v_t^T,  o_t = B_t^T p_t
+
+with A [K, M] and B [M, V] per head.
 
 Shapes (the padded problem of `gla_family.gsa`): q, k [B, T, H, K], v [B, T, H, V], s [B, T, H, M]
 (any float dtype), g f32 [B, T, H, M] log-gates, T a multiple of the chunk C; initial states
@@ -21,16 +24,26 @@ and head,
     o      = chunk_output's "key" output body on B_{n-1} ("q" = p, "k" = s)       [C, V]
     A_n, B_n = both state steps (chunk_fused._state_step), A and B in VMEM        f32
 
-so q, k, v, s and g are read once and o written once. s and g are read slot-major, as
-sT, gT [B, H, M, T] in blocks [HB, M, CB] (CB = lcm(C, 128) positions, T padded up to a multiple
-of CB; a block serves CB / C chunks): time on the lanes, so the 64-wide slot axis is not padded to
-128 lanes, and XLA's TPU layout of a [B, T, H, 64] argument (time minor) makes the transpose a
-bitcast. Per head, s [C, M] = sel @ sT^T and b = cum @ gT^T (the chunk-local cumsum of g) are
-one matmul each, sel / cum [C, CB] picking (and summing) the chunk's columns. Under differentiation it also writes
-p [B, T, H, M] (s's dtype) and the state entering every chunk, A [B, H, N, K, M] and
-B [B, H, N, M, V] in the matmul dtype (bf16 for bf16 inputs). The backward is chunk_fused's
-fused backward kernel twice, from those residuals: pass 2 ("key": dp, ds, dv, dg, dB0), the
-softmax backward in XLA (dscores = p * (dp - sum(p * dp))), pass 1 ("value": dq, dk, ds, dg, dA0).
+so q, k, v, s and g are read once and o written once. Under differentiation it also writes the
+state entering every chunk, A [B, H, N, K, M] and B [B, H, N, M, V], in the matmul dtype (bf16
+for bf16 inputs), the only residuals besides the inputs.
+
+The backward is one kernel on the same grid, chunks in reverse, dA and dB (the gradients of the
+states leaving the chunk) in VMEM. Per chunk and head: scores and p recomputed from the saved
+entering A (the forward's pass-1 body and softmax), pass 2's backward (chunk_output's "key"
+backward body: dp, ds, dv, the output's share of dB_{n-1}, db; then the state step's gradients),
+the softmax backward dscores = p * (dp - sum(p * dp)), pass 1's backward ("value" body on
+dscores: dq, dk, ds, dA_{n-1}, db), and dg through the chunk-local cumsum. It writes dq, dk, dv,
+ds, dg, dA0 and dB0 once; ds and dg slot-major like s and g. Its scoped VMEM limit is raised to
+64 MiB (two passes per head need about 25 MiB; v5e and later have 128 MiB).
+
+s and g are read slot-major, as sT, gT [B, H, M, T] in blocks [HB, M, CB] (CB = lcm(C, 128)
+positions, T padded up to a multiple of CB; a block serves CB / C consecutive chunks): time on
+the lanes, so the 64-wide slot axis is not padded to 128 lanes, and XLA's TPU layout of a
+[B, T, H, 64] argument (time minor) makes the transpose a bitcast. Per head, s [C, M] =
+sel @ sT^T and b = cum @ gT^T (the chunk-local cumsum of g) are one matmul each, sel / cum
+[C, CB] picking (and summing) the chunk's columns; the backward writes ds^T, dg^T into the
+block's columns the same way (dg^T = db^T @ cum).
 """
 
 from __future__ import annotations
@@ -45,8 +58,37 @@ from jax.experimental import pallas as pl
 
 from pallas_kernels.pallas import _backend
 from pallas_kernels.pallas import chunk_fused as cf
-from pallas_kernels.pallas._common import F32, call, compute_dtype, mm_nt, mm_tn
-from pallas_kernels.pallas.chunk_output import SUB_CHUNK, _fwd_kernel
+from pallas_kernels.pallas._common import F32, call, compute_dtype, mm, mm_nt, mm_tn
+from pallas_kernels.pallas.chunk_output import SUB_CHUNK, _bwd_kernel, _fwd_kernel
+
+VMEM_LIMIT = 64 * 2**20  # the backward's two passes per head need more than the 16 MiB default
+
+
+def _call(kernel, *, backend, grid, inputs, outputs, specs, scratch, name, vmem_limit=None):
+    """`_common.call`'s `pl.pallas_call` over named operands (absent ones None), with a scoped
+    VMEM limit on the TPU flavour."""
+    from jax.experimental.pallas import tpu as pltpu
+
+    in_names = [n for n, x in inputs.items() if x is not None]
+    out_names = [n for n, x in outputs.items() if x is not None]
+    absent = [n for n, x in (*inputs.items(), *outputs.items()) if x is None]
+
+    def body(*refs):
+        r = dict(zip(in_names + out_names + list(scratch), refs, strict=True))
+        r.update(dict.fromkeys(absent))
+        kernel(r)
+
+    params = pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary"),
+                                  vmem_limit_bytes=vmem_limit)
+    outs = pl.pallas_call(
+        body, grid=grid, in_specs=[specs[n] for n in in_names],
+        out_specs=[specs[n] for n in out_names], out_shape=[outputs[n] for n in out_names],
+        scratch_shapes=list(scratch.values()), compiler_params=params,
+        interpret=backend.interpret, name=name,
+    )(*[inputs[n] for n in in_names])
+    res = dict.fromkeys(absent)
+    res.update(zip(out_names, outs, strict=True))
+    return res
 
 
 def applies(backend=None) -> bool:
@@ -58,6 +100,29 @@ def _softmax(x):
     """Softmax over the last axis of x [C, M] f32, as jax.nn.softmax computes it."""
     e = jnp.exp(x - jnp.max(x, axis=-1, keepdims=True))
     return e / jnp.sum(e, axis=-1, keepdims=True)
+
+
+def _selectors(C, CB, chunk):
+    """sel, cum [C, CB] f32 for chunk `chunk` of the grid, columns off .. off + C - 1 of its
+    slot-major block (off = (chunk mod CB / C) * C): sel[i, off + i] = 1 (s = sel @ sT^T) and
+    cum[i, off + j] = [j <= i] (b = cum @ gT^T, the chunk-local cumulative sum of g)."""
+    off = lax.rem(chunk, CB // C) * C
+    rows = lax.broadcasted_iota(jnp.int32, (C, CB), 0)
+    cols = lax.broadcasted_iota(jnp.int32, (C, CB), 1) - off
+    sel = jnp.where(cols == rows, 1.0, 0.0).astype(F32)
+    cum = jnp.where(jnp.logical_and(cols >= 0, cols <= rows), 1.0, 0.0).astype(F32)
+    return sel, cum
+
+
+def _load_slots(r, HB, C, chunk):
+    """Each head's s [C, M] (s_h) and b [C, M] (b_h) from the slot-major blocks sT, gT
+    [HB, M, CB]: one matmul each (s exact: one term per entry; b at float32 precision)."""
+    sel, cum = _selectors(C, r["sT"].shape[-1], chunk)
+    sel = sel.astype(r["sT"].dtype)
+    for j in range(HB):
+        r["s_h"][j] = mm_nt(sel, r["sT"][j]).astype(r["s_h"].dtype)
+        r["b_h"][j] = mm_nt(cum, r["gT"][j])
+    return sel, cum
 
 
 def _fwd_kernel_gsa(r, *, seg, C, HB, n_chunks, scale):
@@ -76,15 +141,7 @@ def _fwd_kernel_gsa(r, *, seg, C, HB, n_chunks, scale):
     # q (scaled), k, v per head; s [C, M] and b = the chunk-local cumsum of g [C, M] from the
     # slot-major blocks [M, CB] (this chunk: columns off .. off + C - 1) as one matmul each
     cf._load_heads(r, "none", HB, scale, ("q", "k", "v"))
-    CB = r["sT"].shape[-1]
-    off = lax.rem(n, CB // C) * C
-    rows = lax.broadcasted_iota(jnp.int32, (C, CB), 0)
-    cols = lax.broadcasted_iota(jnp.int32, (C, CB), 1) - off
-    sel = jnp.where(cols == rows, 1.0, 0.0).astype(r["sT"].dtype)              # [C, CB]
-    cum = jnp.where(jnp.logical_and(cols >= 0, cols <= rows), 1.0, 0.0).astype(F32)
-    for j in range(HB):
-        r["s_h"][j] = mm_nt(sel, r["sT"][j]).astype(r["s_h"].dtype)            # exact: one term
-        r["b_h"][j] = mm_nt(cum, r["gT"][j])                                   # float32 precision
+    _load_slots(r, HB, C, n)
     c = min(SUB_CHUNK, C)
 
     def head(j, carry):
@@ -100,7 +157,7 @@ def _fwd_kernel_gsa(r, *, seg, C, HB, n_chunks, scale):
         v2 = cf._view(r, j, q=r["p_h"].at[j], k=r["s_h"].at[j], h=B_ref.at[j],
                       o=r["o_acc"].at[j])
         _fwd_kernel(v2, mode="key", decayed=False, seg=seg, C=C, c=c, tpu=True)
-        # state steps: A_n = A_{n-1} * dec_cols + k^T (s decayed), B_n = dec_rows * B_{n-1} + (s decayed)^T v
+        # state steps: A_n = A_{n-1} * dec (columns) + k^T sd, B_n = dec (rows) * B_{n-1} + sd^T v
         kd, vd, dec, _ = cf._state_step(v1, "value", seg)
         A_ref[j] = A_ref[j] * dec + mm_tn(kd.astype(cdt1), vd.astype(cdt1))
         kd, vd, dec, _ = cf._state_step(v2, "key", seg)
@@ -110,8 +167,6 @@ def _fwd_kernel_gsa(r, *, seg, C, HB, n_chunks, scale):
     lax.fori_loop(0, HB, head, 0)
     for j in range(HB):
         r["o"][:, j, :] = r["o_acc"][j].astype(r["o"].dtype)
-        if r["p"] is not None:
-            r["p"][:, j, :] = r["p_h"][j]
 
     @pl.when(n == n_chunks - 1)
     def _fin():
@@ -121,15 +176,14 @@ def _fwd_kernel_gsa(r, *, seg, C, HB, n_chunks, scale):
 
 def _forward(backend, scale, C, q, k, v, s, g, A0, B0, ids, save):
     """(o [B, T, H, V] in v's dtype, AT f32 [B, H, K, M], BT f32 [B, H, M, V], residuals): the
-    residuals (p [B, T, H, M] in s's dtype, A states [B, H, N, K, M], B states [B, H, N, M, V]
-    in the matmul dtype) when `save`, else Nones."""
+    residuals are (sT, gT [B, H, M, Tp] slot-major, and when `save` the entering states
+    A [B, H, N, K, M], B [B, H, N, M, V] in the matmul dtype, else Nones)."""
     from jax.experimental.pallas import tpu as pltpu
 
     B, T, H, K = q.shape
     V, M = v.shape[-1], s.shape[-1]
     N = T // C
     inputs, specs, HB = cf._operands("none", C, q, k, v, None, None, ids, reverse=False)
-    tok = lambda d: pl.BlockSpec((None, C, HB, d), lambda b, h, n: (b, n, h, 0))  # noqa: E731
     # s and g slot-major, [B, H, M, T] (time on the lanes: no padding of M to 128, and for the
     # layout XLA gives [B, T, H, 64] arguments on TPU the transpose is free), in blocks of
     # CB = lcm(C, 128) positions (T padded up to a multiple of it)
@@ -142,14 +196,13 @@ def _forward(backend, scale, C, q, k, v, s, g, A0, B0, ids, save):
     full = lambda a, b_: pl.BlockSpec((None, HB, a, b_), lambda b, h, n: (b, h, 0, 0))  # noqa: E731
     per_chunk = lambda a, b_: pl.BlockSpec((None, HB, None, a, b_),  # noqa: E731
                                            lambda b, h, n: (b, h, n, 0, 0))
-    specs.update(sT=slot, gT=slot, p=tok(M), A0=full(K, M), AT=full(K, M), B0=full(M, V),
+    specs.update(sT=slot, gT=slot, A0=full(K, M), AT=full(K, M), B0=full(M, V),
                  BT=full(M, V), statesA=per_chunk(K, M), statesB=per_chunk(M, V))
     inputs.update(sT=sT, gT=gT, A0=A0, B0=B0)
     sds = jax.ShapeDtypeStruct
     cdt1, cdt2 = compute_dtype(q, k, s), compute_dtype(s, s, v)
     outputs = {"o": sds((B, T, H, V), v.dtype), "AT": sds((B, H, K, M), F32),
                "BT": sds((B, H, M, V), F32),
-               "p": sds((B, T, H, M), s.dtype) if save else None,
                "statesA": sds((B, H, N, K, M), cdt1) if save else None,
                "statesB": sds((B, H, N, M, V), cdt2) if save else None}
     scratch = {"A": pltpu.VMEM((HB, K, M), F32), "B": pltpu.VMEM((HB, M, V), F32),
@@ -163,7 +216,142 @@ def _forward(backend, scale, C, q, k, v, s, g, A0, B0, ids, save):
                backend=backend, grid=(B, H // HB, N), inputs=inputs, outputs=outputs,
                in_specs=specs, out_specs=specs, scratch=scratch,
                semantics=("parallel", "parallel", "arbitrary"), name="gsa_fused_fwd")
-    return out["o"], out["AT"], out["BT"], (out["p"], out["statesA"], out["statesB"])
+    return out["o"], out["AT"], out["BT"], (sT, gT, out["statesA"], out["statesB"])
+
+
+def _pass_bwd(view, kind, seg, dS_ref, *, C, cdt, last):
+    """One pass's backward for one head and chunk ("value": pass 1, "key": pass 2): chunk_output's
+    backward body (view's dq, dk, dv, dh, db), then the state step's gradients (as
+    chunk_fused's fused backward), and dS_{n-1} = dec * dS_n + dh into dS_ref. Returns the
+    gradient of b (the chunk-local cumsum of g) [C, M]."""
+    _bwd_kernel(view, mode=kind, decayed=False, seg=seg, C=C, c=min(SUB_CHUNK, C), tpu=True)
+    kd, vd, dec, p = cf._state_step(view, kind, seg)
+    S, dS = view["h"][...].astype(F32), dS_ref[...]
+    dSc = dS.astype(cdt)
+    dkd = mm_nt(vd.astype(cdt), dSc)                           # [C, K] = vd dS^T
+    dvd = mm(kd.astype(cdt), dSc)                              # [C, V] = kd dS
+    dk_s = dkd * p["e"] if kind == "key" else dkd
+    if seg:
+        dk_s = dk_s * p["reach"]
+    view["dk"][...] = view["dk"][...] + dk_s
+    view["dv"][...] = view["dv"][...] + (dvd * p["e"] if kind == "value" else dvd)
+    dSS = dS * S
+    if kind == "value":
+        t = vd.astype(F32) * dvd                                           # [C, M]
+        dend = jnp.sum(t, axis=0, keepdims=True) + jnp.sum(dSS, axis=0, keepdims=True) * dec
+    else:
+        t = kd.astype(F32) * dkd                                           # [C, M]
+        dend = jnp.sum(t, axis=0, keepdims=True) + (jnp.sum(dSS, axis=1, keepdims=True) * dec).T
+    dS_ref[...] = view["dh"][...] + dS * dec
+    return view["db"][...] - t + jnp.where(last, dend, 0.0)
+
+
+def _bwd_kernel_gsa(r, *, seg, C, HB, n_chunks, scale):
+    """The reverse pass: chunk N - 1 - i of HB heads, dA and dB (the gradients of the states
+    leaving the chunk) in VMEM. Per head: p recomputed from the saved entering A (pass 1's output
+    body and the softmax), pass 2's backward (dp, ds, dv, dg, dB_{n-1}), the softmax backward,
+    pass 1's backward (dq, dk, ds, dg, dA_{n-1}); ds and dg are written slot-major."""
+    i = pl.program_id(2)
+    ci = n_chunks - 1 - i
+    dA_ref, dB_ref = r["dA"], r["dB"]
+
+    @pl.when(i == 0)
+    def _init():
+        dA_ref[...] = r["dAT"][...]
+        dB_ref[...] = r["dBT"][...]
+
+    cdt1 = compute_dtype(r["q"], r["k"], r["sT"])
+    cdt2 = compute_dtype(r["sT"], r["sT"], r["v"])
+    cf._load_heads(r, "none", HB, scale, ("q", "k", "v", "do"))
+    CB = r["sT"].shape[-1]
+    sel, cum = _load_slots(r, HB, C, ci)
+    # the first visit (in reverse) of this slot-major output block: its other columns are unset
+    first = jnp.logical_or(i == 0, lax.rem(ci + 1, CB // C) == 0)
+    last = lax.broadcasted_iota(jnp.int32, (C, 1), 0) == C - 1
+    c = min(SUB_CHUNK, C)
+
+    def head(j, carry):
+        v1 = cf._view(r, j, v=r["s_h"].at[j], h=r["statesA"].at[j], o=r["sc"])
+        _fwd_kernel(v1, mode="value", decayed=False, seg=seg, C=C, c=c, tpu=True)
+        r["p1"][...] = _softmax(r["sc"][...]).astype(r["p1"].dtype)
+        # pass 2: q = p, k = s, v = v, on the entering B
+        v2 = cf._view(r, j, q=r["p1"], k=r["s_h"].at[j], h=r["statesB"].at[j],
+                      do=r["do_h"].at[j], dq=r["dp"], dk=r["ds2"], dv=r["dv_h"].at[j],
+                      dh=r["dhB"], db=r["db"])
+        db2 = _pass_bwd(v2, "key", seg, dB_ref.at[j], C=C, cdt=cdt2, last=last)
+        y, dy = r["p1"][...].astype(F32), r["dp"][...]
+        r["dsc"][...] = y * (dy - jnp.sum(y * dy, axis=-1, keepdims=True))
+        # pass 1: q (scaled), k, v = s, on the entering A, do = dscores
+        v1 = cf._view(r, j, v=r["s_h"].at[j], h=r["statesA"].at[j], do=r["dsc"],
+                      dq=r["dq_h"].at[j], dk=r["dk_h"].at[j], dv=r["ds1"], dh=r["dhA"],
+                      db=r["db"])
+        db1 = _pass_bwd(v1, "value", seg, dA_ref.at[j], C=C, cdt=cdt1, last=last)
+        # ds, dg into this chunk's columns of the slot-major blocks [M, CB]
+        ds = mm_tn(r["ds1"][...] + r["ds2"][...], sel)
+        dg = mm_tn(db1 + db2, cum)                               # dg_j = sum_{i >= j} db_i
+        prev_s = jnp.where(first, 0.0, r["dsT"][j].astype(F32))
+        prev_g = jnp.where(first, 0.0, r["dgT"][j])
+        r["dsT"][j] = (prev_s + ds).astype(r["dsT"].dtype)
+        r["dgT"][j] = prev_g + dg
+        return carry
+
+    lax.fori_loop(0, HB, head, 0)
+    for j in range(HB):
+        r["dq"][:, j, :] = (r["dq_h"][j] * scale).astype(r["dq"].dtype)
+        r["dk"][:, j, :] = r["dk_h"][j].astype(r["dk"].dtype)
+        r["dv"][:, j, :] = r["dv_h"][j].astype(r["dv"].dtype)
+
+    @pl.when(i == n_chunks - 1)
+    def _fin():
+        if r["dA0"] is not None:
+            r["dA0"][...] = dA_ref[...]
+        if r["dB0"] is not None:
+            r["dB0"][...] = dB_ref[...]
+
+
+def _backward(backend, scale, C, q, k, v, sT, gT, A0, B0, ids, statesA, statesB, do, dAT, dBT):
+    """The fused backward: (dq, dk, dv, ds [B, T, H, M] in s's dtype, dg f32, dA0, dB0)."""
+    from jax.experimental.pallas import tpu as pltpu
+
+    B, T, H, K = q.shape
+    V, M = v.shape[-1], sT.shape[2]
+    CB = sT.shape[-1]
+    N, R = T // C, CB // C
+    inputs, specs, HB = cf._operands("none", C, q, k, v, None, None, ids, reverse=True)
+    rev = lambda n: N - 1 - n  # noqa: E731
+    slot = pl.BlockSpec((None, HB, M, CB), lambda b, h, n: (b, h, 0, lax.div(rev(n), R)))
+    full = lambda a, b_: pl.BlockSpec((None, HB, a, b_), lambda b, h, n: (b, h, 0, 0))  # noqa: E731
+    per_chunk = lambda a, b_: pl.BlockSpec((None, HB, None, a, b_),  # noqa: E731
+                                           lambda b, h, n: (b, h, rev(n), 0, 0))
+    specs.update(sT=slot, gT=slot, dsT=slot, dgT=slot, dAT=full(K, M), dA0=full(K, M),
+                 dBT=full(M, V), dB0=full(M, V), statesA=per_chunk(K, M),
+                 statesB=per_chunk(M, V))
+    inputs.update(sT=sT, gT=gT, statesA=statesA, statesB=statesB, do=do,
+                  dAT=dAT.astype(F32), dBT=dBT.astype(F32))
+    sds = jax.ShapeDtypeStruct
+    outputs = {"dq": sds(q.shape, q.dtype), "dk": sds(k.shape, k.dtype),
+               "dv": sds(v.shape, v.dtype), "dsT": sds(sT.shape, sT.dtype),
+               "dgT": sds(gT.shape, F32),
+               "dA0": None if A0 is None else sds(A0.shape, F32),
+               "dB0": None if B0 is None else sds(B0.shape, F32)}
+    vm = pltpu.VMEM
+    scratch = {"dA": vm((HB, K, M), F32), "dB": vm((HB, M, V), F32),
+               "dhA": vm((K, M), F32), "dhB": vm((M, V), F32),
+               "q_h": vm((HB, C, K), q.dtype), "k_h": vm((HB, C, K), k.dtype),
+               "v_h": vm((HB, C, V), v.dtype), "do_h": vm((HB, C, V), F32),
+               "s_h": vm((HB, C, M), sT.dtype), "b_h": vm((HB, C, M), F32),
+               "dq_h": vm((HB, C, K), F32), "dk_h": vm((HB, C, K), F32),
+               "dv_h": vm((HB, C, V), F32),
+               "sc": vm((C, M), F32), "p1": vm((C, M), sT.dtype), "dp": vm((C, M), F32),
+               "dsc": vm((C, M), F32), "ds1": vm((C, M), F32), "ds2": vm((C, M), F32),
+               "db": vm((C, M), F32)}
+    out = _call(functools.partial(_bwd_kernel_gsa, seg=ids is not None, C=C, HB=HB, n_chunks=N,
+                                 scale=scale),
+                backend=backend, grid=(B, H // HB, N), inputs=inputs, outputs=outputs,
+                specs=specs, scratch=scratch, name="gsa_fused_bwd", vmem_limit=VMEM_LIMIT)
+    back = lambda x: jnp.transpose(x[..., :T], (0, 3, 1, 2))  # noqa: E731 [B, H, M, T] -> [B, T, H, M]
+    return (out["dq"], out["dk"], out["dv"], back(out["dsT"]), back(out["dgT"]), out["dA0"],
+            out["dB0"])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
@@ -174,22 +362,16 @@ def _gsa(backend, scale, C, q, k, v, s, g, A0, B0, ids):
 
 def _gsa_fwd(backend, scale, C, q, k, v, s, g, A0, B0, ids):
     o, AT, BT, saved = _forward(backend, scale, C, q, k, v, s, g, A0, B0, ids, save=True)
-    return (o, AT, BT), (q, k, v, s, g, A0, B0, ids, saved)
+    return (o, AT, BT), (q, k, v, A0, B0, ids, saved)
 
 
 def _gsa_bwd(backend, scale, C, res, cts):
-    q, k, v, s, g, A0, B0, ids, (p, statesA, statesB) = res
+    q, k, v, A0, B0, ids, (sT, gT, statesA, statesB) = res
     do, dAT, dBT = cts
-    # pass 2 ("key": q = p, k = s), then the softmax, then pass 1 ("value": v = s)
-    dp, ds2, dv, dg2, dB0 = cf._backward(backend, "key", 1.0, C, p, s, v, g, B0, ids, statesB,
-                                         do, dBT)
-    y = p.astype(F32)
-    dy = dp.astype(F32)
-    dsc = y * (dy - jnp.sum(y * dy, axis=-1, keepdims=True))
-    dq, dk, ds1, dg1, dA0 = cf._backward(backend, "value", scale, C, q, k, s, g, A0, ids,
-                                         statesA, dsc, dAT)
+    dq, dk, dv, ds, dg, dA0, dB0 = _backward(backend, scale, C, q, k, v, sT, gT, A0, B0, ids,
+                                             statesA, statesB, do, dAT, dBT)
     dids = None if ids is None else jnp.zeros(ids.shape, jax.dtypes.float0)
-    return dq, dk, dv, ds1 + ds2, dg1 + dg2, dA0, dB0, dids
+    return dq, dk, dv, ds, dg, dA0, dB0, dids
 
 
 _gsa.defvjp(_gsa_fwd, _gsa_bwd)
