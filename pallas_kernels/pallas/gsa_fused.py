@@ -25,8 +25,9 @@ and head,
     A_n, B_n = both state steps (chunk_fused._state_step), A and B in VMEM        f32
 
 so q, k, v, s and g are read once and o written once. Under differentiation it also writes the
-state entering every chunk, A [B, H, N, K, M] and B [B, H, N, M, V], in the matmul dtype (bf16
-for bf16 inputs), the only residuals besides the inputs.
+state entering every chunk, A^T [B, H, N, M, K] (transposed: lane-dense for M < 128) and
+B [B, H, N, M, V], in the matmul dtype (bf16 for bf16 inputs), the only residuals besides the
+inputs; transposes in the kernels are matmuls with the identity (exact).
 
 The backward is one kernel on the same grid, chunks in reverse, dA and dB (the gradients of the
 states leaving the chunk) in VMEM. Per chunk and head: scores and p recomputed from the saved
@@ -102,6 +103,14 @@ def _softmax(x):
     return e / jnp.sum(e, axis=-1, keepdims=True)
 
 
+def _transpose(x):
+    """x [R, D] -> x^T [D, R] as a matmul with the identity (exact: one term per entry)."""
+    R = x.shape[0]
+    eye = jnp.where(lax.broadcasted_iota(jnp.int32, (R, R), 0)
+                    == lax.broadcasted_iota(jnp.int32, (R, R), 1), 1.0, 0.0).astype(x.dtype)
+    return mm_tn(x, eye)
+
+
 def _selectors(C, CB, chunk):
     """sel, cum [C, CB] f32 for chunk `chunk` of the grid, columns off .. off + C - 1 of its
     slot-major block (off = (chunk mod CB / C) * C): sel[i, off + i] = 1 (s = sel @ sT^T) and
@@ -146,7 +155,7 @@ def _fwd_kernel_gsa(r, *, seg, C, HB, n_chunks, scale):
 
     def head(j, carry):
         if r["statesA"] is not None:
-            r["statesA"].at[j][...] = A_ref[j].astype(r["statesA"].dtype)
+            r["statesA"].at[j][...] = _transpose(A_ref[j]).astype(r["statesA"].dtype)
             r["statesB"].at[j][...] = B_ref[j].astype(r["statesB"].dtype)
         # pass 1: scores = the "value"-gated output of (q, k, s) on A
         v1 = cf._view(r, j, v=r["s_h"].at[j], h=A_ref.at[j], o=r["sc"])
@@ -177,7 +186,7 @@ def _fwd_kernel_gsa(r, *, seg, C, HB, n_chunks, scale):
 def _forward(backend, scale, C, q, k, v, s, g, A0, B0, ids, save):
     """(o [B, T, H, V] in v's dtype, AT f32 [B, H, K, M], BT f32 [B, H, M, V], residuals): the
     residuals are (sT, gT [B, H, M, Tp] slot-major, and when `save` the entering states
-    A [B, H, N, K, M], B [B, H, N, M, V] in the matmul dtype, else Nones)."""
+    A^T [B, H, N, M, K], B [B, H, N, M, V] in the matmul dtype, else Nones)."""
     from jax.experimental.pallas import tpu as pltpu
 
     B, T, H, K = q.shape
@@ -197,13 +206,13 @@ def _forward(backend, scale, C, q, k, v, s, g, A0, B0, ids, save):
     per_chunk = lambda a, b_: pl.BlockSpec((None, HB, None, a, b_),  # noqa: E731
                                            lambda b, h, n: (b, h, n, 0, 0))
     specs.update(sT=slot, gT=slot, A0=full(K, M), AT=full(K, M), B0=full(M, V),
-                 BT=full(M, V), statesA=per_chunk(K, M), statesB=per_chunk(M, V))
+                 BT=full(M, V), statesA=per_chunk(M, K), statesB=per_chunk(M, V))
     inputs.update(sT=sT, gT=gT, A0=A0, B0=B0)
     sds = jax.ShapeDtypeStruct
     cdt1, cdt2 = compute_dtype(q, k, s), compute_dtype(s, s, v)
     outputs = {"o": sds((B, T, H, V), v.dtype), "AT": sds((B, H, K, M), F32),
                "BT": sds((B, H, M, V), F32),
-               "statesA": sds((B, H, N, K, M), cdt1) if save else None,
+               "statesA": sds((B, H, N, M, K), cdt1) if save else None,  # A^T: lane-dense
                "statesB": sds((B, H, N, M, V), cdt2) if save else None}
     scratch = {"A": pltpu.VMEM((HB, K, M), F32), "B": pltpu.VMEM((HB, M, V), F32),
                "sc": pltpu.VMEM((C, M), F32), "o_acc": pltpu.VMEM((HB, C, V), F32),
@@ -271,7 +280,8 @@ def _bwd_kernel_gsa(r, *, seg, C, HB, n_chunks, scale):
     c = min(SUB_CHUNK, C)
 
     def head(j, carry):
-        v1 = cf._view(r, j, v=r["s_h"].at[j], h=r["statesA"].at[j], o=r["sc"])
+        r["hA"][...] = _transpose(r["statesA"][j]).astype(r["hA"].dtype)
+        v1 = cf._view(r, j, v=r["s_h"].at[j], h=r["hA"], o=r["sc"])
         _fwd_kernel(v1, mode="value", decayed=False, seg=seg, C=C, c=c, tpu=True)
         r["p1"][...] = _softmax(r["sc"][...]).astype(r["p1"].dtype)
         # pass 2: q = p, k = s, v = v, on the entering B
@@ -282,7 +292,7 @@ def _bwd_kernel_gsa(r, *, seg, C, HB, n_chunks, scale):
         y, dy = r["p1"][...].astype(F32), r["dp"][...]
         r["dsc"][...] = y * (dy - jnp.sum(y * dy, axis=-1, keepdims=True))
         # pass 1: q (scaled), k, v = s, on the entering A, do = dscores
-        v1 = cf._view(r, j, v=r["s_h"].at[j], h=r["statesA"].at[j], do=r["dsc"],
+        v1 = cf._view(r, j, v=r["s_h"].at[j], h=r["hA"], do=r["dsc"],
                       dq=r["dq_h"].at[j], dk=r["dk_h"].at[j], dv=r["ds1"], dh=r["dhA"],
                       db=r["db"])
         db1 = _pass_bwd(v1, "value", seg, dA_ref.at[j], C=C, cdt=cdt1, last=last)
@@ -324,7 +334,7 @@ def _backward(backend, scale, C, q, k, v, sT, gT, A0, B0, ids, statesA, statesB,
     per_chunk = lambda a, b_: pl.BlockSpec((None, HB, None, a, b_),  # noqa: E731
                                            lambda b, h, n: (b, h, rev(n), 0, 0))
     specs.update(sT=slot, gT=slot, dsT=slot, dgT=slot, dAT=full(K, M), dA0=full(K, M),
-                 dBT=full(M, V), dB0=full(M, V), statesA=per_chunk(K, M),
+                 dBT=full(M, V), dB0=full(M, V), statesA=per_chunk(M, K),
                  statesB=per_chunk(M, V))
     inputs.update(sT=sT, gT=gT, statesA=statesA, statesB=statesB, do=do,
                   dAT=dAT.astype(F32), dBT=dBT.astype(F32))
@@ -336,7 +346,7 @@ def _backward(backend, scale, C, q, k, v, sT, gT, A0, B0, ids, statesA, statesB,
                "dB0": None if B0 is None else sds(B0.shape, F32)}
     vm = pltpu.VMEM
     scratch = {"dA": vm((HB, K, M), F32), "dB": vm((HB, M, V), F32),
-               "dhA": vm((K, M), F32), "dhB": vm((M, V), F32),
+               "dhA": vm((K, M), F32), "dhB": vm((M, V), F32), "hA": vm((K, M), statesA.dtype),
                "q_h": vm((HB, C, K), q.dtype), "k_h": vm((HB, C, K), k.dtype),
                "v_h": vm((HB, C, V), v.dtype), "do_h": vm((HB, C, V), F32),
                "s_h": vm((HB, C, M), sT.dtype), "b_h": vm((HB, C, M), F32),
