@@ -53,7 +53,8 @@ def pallas_flavour(request, monkeypatch):
 def xla_cache(tmp_path_factory):
     """A persistent XLA compilation cache in a temporary folder for a module's trainings (the
     seed enters the programs as an argument, so a model's second seed reuses its first seed's
-    init, train and eval programs); the previous settings are restored afterwards."""
+    init, train and eval programs); the previous settings are restored afterwards. Yields the
+    folder: `xla_cache_env(folder)` gives the environment that makes subprocesses use it too."""
     from jax.experimental.compilation_cache import compilation_cache as cc
     names = {"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla_cache")),
              "jax_persistent_cache_min_compile_time_secs": 0.0,
@@ -62,7 +63,15 @@ def xla_cache(tmp_path_factory):
     for n, v in names.items():
         jax.config.update(n, v)
     cc.reset_cache()
-    yield
+    yield names["jax_compilation_cache_dir"]
     for n, v in old.items():
         jax.config.update(n, v)
     cc.reset_cache()
+
+
+def xla_cache_env(folder) -> dict[str, str]:
+    """Environment variables that make a subprocess's JAX use the persistent compilation cache in
+    `folder` (the `xla_cache` fixture's), every program cached however fast it compiled."""
+    return {"JAX_COMPILATION_CACHE_DIR": str(folder),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
