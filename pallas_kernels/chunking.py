@@ -6,6 +6,8 @@
   stages flatten [B, H] to G = B * H with a free reshape).
 - `log_decays`: the chunk-local cumulative sums of a log gate and the masked log-decays into each
   position, from each position to the chunk end and over the whole chunk.
+- `pad_time` / `on_whole_chunks`: time padding to whole chunks (exact: zero inputs), for the
+  paths that need T to be a multiple of C.
 - `padded_dim` / `pad_dim`: head-dim padding for the Pallas flavours.
 - `supports`: the one rule saying whether the Pallas path takes a call.
 
@@ -99,6 +101,31 @@ def _mask(x, m, extra_dims: int):
     if m is None:
         return x
     return jnp.where(m.reshape(m.shape + (1,) * extra_dims), x, NEG_INF)
+
+
+# ----------------------------------------------------------------------------------------------
+# Time padding.
+
+def pad_time(x, pad: int):
+    """x [B, T, ...] with `pad` zero positions appended on T (None stays None)."""
+    if x is None or pad == 0:
+        return x
+    return jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+
+
+def on_whole_chunks(fn, chunk_size: int, q, k, v, gates=(), timed=(), *, segments, **kw):
+    """`fn(q, k, v, *gates, chunk_size=..., segments=..., **kw) -> (o [B, T', H, V], state)` run
+    on T padded to a multiple of `chunk_size`; o is sliced back to T. Zero k, v and zero
+    log-gates after T change no state, so the padding is exact (the segments continue their
+    last one). `timed[i]`: gate i has a T axis (padded; the others are passed as they are)."""
+    T = q.shape[1]
+    pad = -T % chunk_size
+    if pad:
+        q, k, v = (pad_time(x, pad) for x in (q, k, v))
+        gates = [pad_time(x, pad) if t else x for x, t in zip(gates, timed, strict=True)]
+        segments = None if segments is None else segments.pad(pad)
+    o, state = fn(q, k, v, *gates, chunk_size=chunk_size, segments=segments, **kw)
+    return o[:, :T], state
 
 
 # ----------------------------------------------------------------------------------------------

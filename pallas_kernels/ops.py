@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from pallas_kernels import _validate
 from pallas_kernels import pallas as _pallas
-from pallas_kernels.chunking import Segments
+from pallas_kernels.chunking import Segments, on_whole_chunks
 from pallas_kernels.spec import OP_SPECS
 
 _STATIC = ("scale", "output_final_state", "chunk_size", "impl", "sharding", "mini_batch_size")
@@ -32,14 +32,6 @@ def resolve_impl(op: str, impl: str, q, k, v, gates, chunk_size: int, platform: 
         if _pallas.get(op).supports(q, k, v, *gates, chunk_size=chunk_size) is None:
             return "pallas"
     return "xla"
-
-
-def _pad_time(x, pad: int, value=0):
-    if x is None or pad == 0:
-        return x
-    widths = [(0, 0)] * x.ndim
-    widths[1] = (0, pad)
-    return jnp.pad(x, widths, constant_values=value)
 
 
 def _run(op, q, k, v, gates, *, scale, initial_state, output_final_state, segment_ids, chunk_size, impl,
@@ -79,16 +71,13 @@ def _run(op, q, k, v, gates, *, scale, initial_state, output_final_state, segmen
     if path == "reference":
         o, state = spec.reference(q, k, v, *gates, scale=scale, initial_state=initial_state,
                                   segments=segments, **options)
+    elif path == "pallas":  # it pads T itself where its kernels need whole chunks (Kernel.fn)
+        o, state = _pallas.get(op).fn(q, k, v, *gates, scale=scale, initial_state=initial_state,
+                                      segments=segments, chunk_size=chunk_size, **options)
     else:
-        # Zero k, v and zero log-gates after T leave every state unchanged, so padding is exact.
-        pad = -T % chunk_size
-        padded = [_pad_time(x, pad) for x in (q, k, v)] + [
-            _pad_time(x, pad) if g.timed else x for g, x in zip(spec.gates, gates)]
-        segments = None if segments is None else segments.pad(pad)
-        fn = spec.xla if path == "xla" else _pallas.get(op).fn
-        o, state = fn(*padded, scale=scale, initial_state=initial_state, segments=segments,
-                      chunk_size=chunk_size, **options)
-        o = o[:, :T]
+        o, state = on_whole_chunks(spec.xla, chunk_size, q, k, v, gates,
+                                   [g.timed for g in spec.gates], scale=scale,
+                                   initial_state=initial_state, segments=segments, **options)
     o = o.astype(v.dtype)
     return o, (state if output_final_state else None)
 

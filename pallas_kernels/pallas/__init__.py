@@ -5,11 +5,12 @@
 - `supports(q, k, v, *gates, chunk_size) -> str | None`: `chunking.supports`, the one rule for
   every op (None when the kernels of the current flavour take the call, else the reason;
   `impl="auto"` then falls back to xla, `impl="pallas"` raises it as a ValueError).
-- `fn(q, k, v, *gates, scale, initial_state, segments, chunk_size)`: the time-padded problem of
-  `ops._run`. It checks `supports`, pads the head dims K and V for the current flavour
-  (`chunking.padded_dim`: zero channels are exact), calls the op's entry (`Kernel.entry` of the
-  table, imported on first use: importing Pallas is slow) and slices the output [B, T, H, V]
-  (float32) and the final state back.
+- `fn(q, k, v, *gates, scale, initial_state, segments, chunk_size)`: the problem of `ops._run`
+  (any T). It checks `supports`, pads the head dims K and V for the current flavour
+  (`chunking.padded_dim`: zero channels are exact), pads T to whole chunks unless the entry takes
+  ragged T itself (`Kernel.ragged` of the table), calls the op's entry (`Kernel.entry`, imported
+  on first use: importing Pallas is slow) and slices the output [B, T, H, V] and the final
+  state back.
 
 Modules (docs/design.md):
 - `_backend`: which flavour the kernels are traced for ("tpu": Mosaic TPU, chunk axis "arbitrary",
@@ -24,7 +25,8 @@ Modules (docs/design.md):
   for a scalar gate, per-key-channel gates and per-value-channel gates.
 - `chunk_fused`: the TPU flavour's fused kernels (stages 2 to 5 in one forward and one backward
   kernel, state in VMEM, `[B, T, H, D]` read in place): the gated-linear family forward and
-  backward, the delta-rule family forward.
+  backward, the delta-rule family (and ttt_linear) forward and backward; a ragged last chunk is
+  masked in the kernels.
 - `gla_family`: linear_attention, simple_gla, gla, gsa on those stages.
 - `wy`, `delta`: delta_rule, gated_delta_rule (the WY stage, then the shared stages).
 """
@@ -79,9 +81,15 @@ class Kernel:
         states = None if initial_state is None else _leaves(spec, initial_state)
         if states is not None:
             states = [_pad_state(s, to(a), to(b)) for s, (a, b) in zip(states, spec.state)]
-        o, final = _entry(spec.kernel.entry)(
-            q, k, v, *gates, scale=scale, chunk_size=chunk_size, segments=segments,
-            initial_state=None if states is None else _tree(spec, states), **options)
+        entry = _entry(spec.kernel.entry)
+        kw = dict(scale=scale, initial_state=None if states is None else _tree(spec, states),
+                  **options)
+        if spec.kernel.ragged:
+            o, final = entry(q, k, v, *gates, chunk_size=chunk_size, segments=segments, **kw)
+        else:
+            o, final = chunking.on_whole_chunks(entry, chunk_size, q, k, v, gates,
+                                                [g.timed for g in spec.gates],
+                                                segments=segments, **kw)
         final = [s[:, :, : dims.get(a, s.shape[2]), : dims.get(b, s.shape[3])]
                  for s, (a, b) in zip(_leaves(spec, final), spec.state)]
         return o[..., : dims["V"]], _tree(spec, final)

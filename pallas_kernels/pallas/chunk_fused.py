@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from pallas_kernels.chunking import Segments
+from pallas_kernels.chunking import Segments, pad_time
 from pallas_kernels.pallas import _backend
 from pallas_kernels.pallas._common import F32, call, compute_dtype, mm, mm_nt, mm_tn
 from pallas_kernels.pallas.chunk_output import SUB_CHUNK, _bwd_kernel, _fwd_kernel
@@ -73,19 +73,29 @@ def _tril(C):
     return jnp.where(t >= s, 1.0, 0.0).astype(F32)
 
 
-def _load_heads(r, kind, HB, scale, names):
+def _valid_rows(C, T, chunk):
+    """[C, 1] mask of the chunk's positions before T (None when T is a multiple of C): the last
+    block of a ragged T reads past the array's end, and those rows are zeroed on loading."""
+    if T % C == 0:
+        return None
+    return lax.broadcasted_iota(jnp.int32, (C, 1), 0) < T - chunk * C
+
+
+def _load_heads(r, kind, HB, scale, names, valid=None):
     """Copy each head's [C, D] slice of the [C, HB, D] blocks `names` into head-major VMEM scratch
     (static strided loads; the loop over heads then indexes the leading axis): q scaled as the
     staged glue rounds it, the chunk-local cumsum b of the gates (per-key: tril @ g at float32
-    precision; scalar: summed outside, as bcol [C, 1] and brow [1, C])."""
+    precision; scalar: summed outside, as bcol [C, 1] and brow [1, C]). `valid` ([C, 1] or None):
+    the rows to keep (`_valid_rows`); the others are set to zero."""
+    keep = (lambda x: x) if valid is None else (lambda x: jnp.where(valid, x, 0))  # noqa: E731
     for j in range(HB):
         for nm in names:
-            x = r[nm][:, j, :]
+            x = keep(r[nm][:, j, :])
             if nm == "q":
                 x = (x.astype(F32) * scale).astype(x.dtype)
             r[nm + "_h"][j] = x.astype(r[nm + "_h"].dtype)
         if kind in CHANNEL:
-            r["b_h"][j] = mm(_tril(r["q"].shape[0]), r["g"][:, j, :].astype(F32))
+            r["b_h"][j] = mm(_tril(r["q"].shape[0]), keep(r["g"][:, j, :].astype(F32)))
         elif kind == "scalar":
             row = r["gc"][pl.ds(j, 1), :]                       # [1, C]
             r["brow_h"][j] = row
@@ -138,7 +148,7 @@ def _store_outputs(r, HB, *, last):
         r["hT"][...] = r["S"][...]
 
 
-def _fwd_kernel_fused(r, *, kind, seg, C, HB, n_chunks, scale):
+def _fwd_kernel_fused(r, *, kind, seg, C, HB, n_chunks, scale, T):
     """One chunk of HB heads: blocks q, k [C, HB, K], v [C, HB, V] (and g [C, HB, K]) in the
     [B, T, H, D] layout; per head the output body of chunk_output, then the state step of
     chunk_state (optionally emitting the entering state)."""
@@ -150,7 +160,7 @@ def _fwd_kernel_fused(r, *, kind, seg, C, HB, n_chunks, scale):
         S_ref[...] = r["h0"][...] if r["h0"] is not None else jnp.zeros(S_ref.shape, F32)
 
     cdt = compute_dtype(r["q"], r["k"], r["v"])
-    _load_heads(r, kind, HB, scale, ("q", "k", "v"))
+    _load_heads(r, kind, HB, scale, ("q", "k", "v"), _valid_rows(C, T, n))
 
     def head(j, carry):
         view = _view(r, j, h=S_ref.at[j], o=r["o_acc"].at[j])
@@ -167,7 +177,7 @@ def _fwd_kernel_fused(r, *, kind, seg, C, HB, n_chunks, scale):
     _store_outputs(r, HB, last=n == n_chunks - 1)
 
 
-def _bwd_kernel_fused(r, *, kind, seg, C, HB, n_chunks, scale):
+def _bwd_kernel_fused(r, *, kind, seg, C, HB, n_chunks, scale, T):
     """The reverse pass: chunk N - 1 - i of HB heads, with dS = dL/dS_n in VMEM. Per head the
     backward body of chunk_output (dq, dk, dv, dS_{n-1} from the output, db), then the state
     step's gradients, the gate gradient through the chunk-local cumsum, and
@@ -180,7 +190,7 @@ def _bwd_kernel_fused(r, *, kind, seg, C, HB, n_chunks, scale):
         dS_ref[...] = r["dhT"][...]
 
     cdt = compute_dtype(r["q"], r["k"], r["v"])
-    _load_heads(r, kind, HB, scale, ("q", "k", "v", "do"))
+    _load_heads(r, kind, HB, scale, ("q", "k", "v", "do"), _valid_rows(C, T, n_chunks - 1 - i))
     tril = _tril(C)
     last = lax.broadcasted_iota(jnp.int32, (C, 1), 0) == C - 1
 
@@ -243,7 +253,7 @@ def _operands(kind, C, q, k, v, g, h0, ids, reverse):
     `reverse`)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
-    N = T // C
+    N = pl.cdiv(T, C)
     HB = _heads_block(H)
     c = (lambda n: N - 1 - n) if reverse else (lambda n: n)
     tok = lambda d: pl.BlockSpec((None, C, HB, d), lambda b, h, n: (b, c(n), h, 0))  # noqa: E731
@@ -262,10 +272,12 @@ def _operands(kind, C, q, k, v, g, h0, ids, reverse):
     specs["dg"] = specs["g"] if kind in CHANNEL else specs["gc"]
     inputs = {"q": q, "k": k, "v": v, "g": g if kind in CHANNEL else None, "gc": None,
               "rcol": None, "rrow": None, "carry": None}
+    pad = N * C - T  # a ragged last chunk: the small per-position arrays are padded, not q, k, v
     if kind == "scalar":  # [B, T, H] gates: their chunk-local sums are cheap here, [B, N, H, C]
-        inputs["gc"] = jnp.moveaxis(jnp.cumsum(g.astype(F32).reshape(B, N, C, H), axis=2), 3, 2)
+        gp = pad_time(g.astype(F32), pad).reshape(B, N, C, H)
+        inputs["gc"] = jnp.moveaxis(jnp.cumsum(gp, axis=2), 3, 2)
     if ids is not None:
-        segs = Segments(ids).chunked(C)
+        segs = Segments(ids).pad(pad).chunked(C)
         rid = segs.rid[:, 0].astype(F32)                        # [B, N, C], exact below 2**24
         inputs["rcol"], inputs["rrow"] = rid[..., None], rid[..., None, :]
         inputs["carry"] = segs.first[:, 0].astype(F32)[..., None]
@@ -293,7 +305,7 @@ def _forward(backend, kind, scale, C, out_dtype, q, k, v, g, h0, ids, save_state
 
     B, T, H, K = q.shape
     V = v.shape[-1]
-    N = T // C
+    N = pl.cdiv(T, C)
     inputs, specs, HB = _operands(kind, C, q, k, v, g, h0, ids, reverse=False)
     inputs["h0"] = h0
     outputs = {"o": jax.ShapeDtypeStruct((B, T, H, V), out_dtype or v.dtype),
@@ -303,7 +315,7 @@ def _forward(backend, kind, scale, C, out_dtype, q, k, v, g, h0, ids, save_state
     scratch = {"S": pltpu.VMEM((HB, K, V), F32), "o_acc": pltpu.VMEM((HB, C, V), F32),
                **_head_scratch(kind, HB, C, K, V, {"q": q.dtype, "k": k.dtype, "v": v.dtype})}
     out = call(functools.partial(_fwd_kernel_fused, kind=kind, seg=ids is not None, C=C, HB=HB,
-                                 n_chunks=N, scale=scale),
+                                 n_chunks=N, scale=scale, T=T),
                backend=backend, grid=(B, H // HB, N), inputs=inputs, outputs=outputs,
                in_specs=specs, out_specs=specs, scratch=scratch,
                semantics=("parallel", "parallel", "arbitrary"), name=f"chunk_fused_fwd_{kind}")
@@ -316,7 +328,7 @@ def _backward(backend, kind, scale, C, q, k, v, g, h0, ids, states, do, dhT):
 
     B, T, H, K = q.shape
     V = v.shape[-1]
-    N = T // C
+    N = pl.cdiv(T, C)
     inputs, specs, HB = _operands(kind, C, q, k, v, g, h0, ids, reverse=True)
     inputs.update(states=states, do=do, dhT=dhT.astype(F32))
     sds = jax.ShapeDtypeStruct
@@ -335,13 +347,13 @@ def _backward(backend, kind, scale, C, q, k, v, g, h0, ids, states, do, dhT):
         scratch["db"] = pltpu.VMEM((C, D), F32)
         scratch["dg_h"] = pltpu.VMEM((HB, 1, C) if kind == "scalar" else (HB, C, D), F32)
     out = call(functools.partial(_bwd_kernel_fused, kind=kind, seg=ids is not None, C=C, HB=HB,
-                                 n_chunks=N, scale=scale),
+                                 n_chunks=N, scale=scale, T=T),
                backend=backend, grid=(B, H // HB, N), inputs=inputs, outputs=outputs,
                in_specs=specs, out_specs=specs, scratch=scratch,
                semantics=("parallel", "parallel", "arbitrary"), name=f"chunk_fused_bwd_{kind}")
     dg = out["dg"]
     if kind == "scalar":
-        dg = jnp.moveaxis(dg, 2, 3).reshape(B, T, H)
+        dg = jnp.moveaxis(dg, 2, 3).reshape(B, N * C, H)[:, :T]
     dg = None if dg is None else dg.astype(g.dtype)
     return out["dq"], out["dk"], out["dv"], dg, out["dh0"]
 
@@ -375,7 +387,7 @@ def fused_scan(kind, q, k, v, g, *, scale, initial_state, segments, chunk_size, 
 
     Args:
       q, k: [B, T, H, K]; v: [B, T, H, V]; g: None, [B, T, H], [B, T, H, K] or [B, T, H, V] per
-        `kind` (T a multiple of chunk_size); initial_state: f32 [B, H, K, V] or None; segments:
+        `kind` (any T: a ragged last chunk is masked in the kernels); initial_state: f32 [B, H, K, V] or None; segments:
         `Segments` or None; out_dtype: o's dtype (default v's).
 
     Returns:
@@ -394,10 +406,10 @@ def fused_scan(kind, q, k, v, g, *, scale, initial_state, segments, chunk_size, 
 # The delta-rule family: the WY stage, the state pass and the output in one forward kernel, and
 # their gradients in one backward kernel.
 
-def _delta_prologue(r, HB, gated, scale, names):
+def _delta_prologue(r, HB, gated, scale, names, valid):
     """Both delta kernels' first step: the heads' blocks (and gates) into head-major scratch, and
     beta's rows [1, C] as columns [C, 1]."""
-    _load_heads(r, "scalar" if gated else "none", HB, scale, names)
+    _load_heads(r, "scalar" if gated else "none", HB, scale, names, valid)
     for j in range(HB):
         r["beta_h"][j] = r["beta"][pl.ds(j, 1), :].T             # [C, 1]
 
@@ -426,7 +438,7 @@ def _delta_factors(r, j, *, gated, seg, C, cdt, mini_batch):
     return a, w, u, masks, beta, kk
 
 
-def _delta_fwd_kernel(r, *, gated, seg, C, HB, n_chunks, scale, mini_batch):
+def _delta_fwd_kernel(r, *, gated, seg, C, HB, n_chunks, scale, mini_batch, T):
     """One chunk of HB heads of the (gated) delta rule: per head the WY factors, v_new = U - W
     S_{n-1}, the output body of chunk_output on v_new, then S_n = dec * S_{n-1} + kd^T v_new
     (optionally emitting S_{n-1}). W, U and v_new never leave VMEM."""
@@ -438,7 +450,7 @@ def _delta_fwd_kernel(r, *, gated, seg, C, HB, n_chunks, scale, mini_batch):
         S_ref[...] = r["h0"][...] if r["h0"] is not None else jnp.zeros(S_ref.shape, F32)
 
     cdt = compute_dtype(r["k"], r["v"])
-    _delta_prologue(r, HB, gated, scale, ("q", "k", "v"))
+    _delta_prologue(r, HB, gated, scale, ("q", "k", "v"), _valid_rows(C, T, n))
     kind = "scalar" if gated else "none"
 
     def head(j, carry):
@@ -459,7 +471,7 @@ def _delta_fwd_kernel(r, *, gated, seg, C, HB, n_chunks, scale, mini_batch):
     _store_outputs(r, HB, last=n == n_chunks - 1)
 
 
-def _delta_bwd_kernel(r, *, gated, seg, C, HB, n_chunks, scale, mini_batch):
+def _delta_bwd_kernel(r, *, gated, seg, C, HB, n_chunks, scale, mini_batch, T):
     """The reverse pass: chunk N - 1 - i of HB heads, dS = dL/dS_n in VMEM. Per head, from the
     saved S_{n-1}: the WY factors and v_new recomputed; the output's backward (dq, dk, dv_new,
     db, its share of dS_{n-1}); the state step's (dk, dv_new, the gate); v_new = U - W S_{n-1}
@@ -476,7 +488,7 @@ def _delta_bwd_kernel(r, *, gated, seg, C, HB, n_chunks, scale, mini_batch):
         dS_ref[...] = r["dhT"][...]
 
     cdt = compute_dtype(r["k"], r["v"])
-    _delta_prologue(r, HB, gated, scale, ("q", "k", "v", "do"))
+    _delta_prologue(r, HB, gated, scale, ("q", "k", "v", "do"), _valid_rows(C, T, n_chunks - 1 - i))
     kind = "scalar" if gated else "none"
     tril = _tril(C)
     last = lax.broadcasted_iota(jnp.int32, (C, 1), 0) == C - 1
@@ -540,14 +552,15 @@ def _delta_bwd_kernel(r, *, gated, seg, C, HB, n_chunks, scale, mini_batch):
 def _delta_operands(C, q, k, v, g, beta, h0, ids, reverse):
     """`_operands` plus beta's rows [B, N, H, C] and the chunk-local reset counts of WY."""
     B, T, H, _ = q.shape
-    N = T // C
+    N = pl.cdiv(T, C)
     inputs, specs, HB = _operands("scalar" if g is not None else "none", C, q, k, v, g, h0, ids,
                                   reverse=reverse)
-    rows = lambda x: jnp.moveaxis(x.astype(F32).reshape(B, N, C, H), 3, 2)  # noqa: E731 [B, N, H, C]
-    inputs.update(h0=h0, beta=rows(beta), local=None)
+    beta = pad_time(beta.astype(F32), N * C - T)
+    inputs.update(h0=h0, beta=jnp.moveaxis(beta.reshape(B, N, C, H), 3, 2), local=None)  # [B, N, H, C]
     specs.update(beta=specs["gc"], dbeta=specs["gc"], local=specs["rcol"])
     if ids is not None:
-        inputs["local"] = Segments(ids).chunked(C).local[:, 0].astype(F32)[..., None]
+        segs = Segments(ids).pad(N * C - T).chunked(C)
+        inputs["local"] = segs.local[:, 0].astype(F32)[..., None]
     return inputs, specs, HB
 
 
@@ -565,7 +578,7 @@ def _delta_forward(backend, scale, C, mini_batch, q, k, v, g, beta, h0, ids, sav
 
     B, T, H, K = q.shape
     V = v.shape[-1]
-    N = T // C
+    N = pl.cdiv(T, C)
     inputs, specs, HB = _delta_operands(C, q, k, v, g, beta, h0, ids, reverse=False)
     outputs = {"o": jax.ShapeDtypeStruct((B, T, H, V), v.dtype),
                "hT": jax.ShapeDtypeStruct((B, H, K, V), F32),
@@ -575,7 +588,8 @@ def _delta_forward(backend, scale, C, mini_batch, q, k, v, g, beta, h0, ids, sav
                **_delta_scratch(g is not None, HB, C, K, V,
                                 {"q": q.dtype, "k": k.dtype, "v": v.dtype})}
     out = call(functools.partial(_delta_fwd_kernel, gated=g is not None, seg=ids is not None,
-                                 C=C, HB=HB, n_chunks=N, scale=scale, mini_batch=mini_batch),
+                                 C=C, HB=HB, n_chunks=N, scale=scale, mini_batch=mini_batch,
+                                 T=T),
                backend=backend, grid=(B, H // HB, N), inputs=inputs, outputs=outputs,
                in_specs=specs, out_specs=specs, scratch=scratch,
                semantics=("parallel", "parallel", "arbitrary"), name="chunk_fused_fwd_delta")
@@ -588,7 +602,7 @@ def _delta_backward(backend, scale, C, mini_batch, q, k, v, g, beta, h0, ids, st
 
     B, T, H, K = q.shape
     V = v.shape[-1]
-    N = T // C
+    N = pl.cdiv(T, C)
     gated = g is not None
     inputs, specs, HB = _delta_operands(C, q, k, v, g, beta, h0, ids, reverse=True)
     inputs.update(states=states, do=do, dhT=dhT.astype(F32))
@@ -606,11 +620,12 @@ def _delta_backward(backend, scale, C, mini_batch, q, k, v, g, beta, h0, ids, st
         scratch["db"] = pltpu.VMEM((C, 1), F32)
         scratch["dg_h"] = pltpu.VMEM((HB, 1, C), F32)
     out = call(functools.partial(_delta_bwd_kernel, gated=gated, seg=ids is not None, C=C, HB=HB,
-                                 n_chunks=N, scale=scale, mini_batch=mini_batch),
+                                 n_chunks=N, scale=scale, mini_batch=mini_batch, T=T),
                backend=backend, grid=(B, H // HB, N), inputs=inputs, outputs=outputs,
                in_specs=specs, out_specs=specs, scratch=scratch,
                semantics=("parallel", "parallel", "arbitrary"), name="chunk_fused_bwd_delta")
-    unrow = lambda x, like: jnp.moveaxis(x, 2, 3).reshape(B, T, H).astype(like.dtype)  # noqa: E731
+    unrow = lambda x, like: (  # noqa: E731  [B, N, H, C] -> [B, T, H]
+        jnp.moveaxis(x, 2, 3).reshape(B, N * C, H)[:, :T].astype(like.dtype))
     dg = unrow(out["dg"], g) if gated else None
     return out["dq"], out["dk"], out["dv"], dg, unrow(out["dbeta"], beta), out["dh0"]
 
@@ -648,7 +663,7 @@ def fused_delta(q, k, v, g, beta, *, scale, initial_state, segments, chunk_size,
 
     Args:
       q, k: [B, T, H, K]; v: [B, T, H, V]; g: [B, T, H] log-decay or None (delta_rule); beta:
-        [B, T, H]; T a multiple of chunk_size; initial_state: f32 [B, H, K, V] or None; segments:
+        [B, T, H]; any T (a ragged last chunk is masked in the kernels); initial_state: f32 [B, H, K, V] or None; segments:
         `Segments` or None; mini_batch: None or b.
 
     Returns:
