@@ -59,15 +59,16 @@ from jax.experimental import pallas as pl
 
 from pallas_kernels.pallas import _backend
 from pallas_kernels.pallas import chunk_fused as cf
-from pallas_kernels.pallas._common import F32, call, compute_dtype, mm, mm_nt, mm_tn
+from pallas_kernels.pallas._common import F32, compute_dtype, mm, mm_nt, mm_tn
 from pallas_kernels.pallas.chunk_output import SUB_CHUNK, _bwd_kernel, _fwd_kernel
 
 VMEM_LIMIT = 64 * 2**20  # the backward's two passes per head need more than the 16 MiB default
 
 
 def _call(kernel, *, backend, grid, inputs, outputs, specs, scratch, name, vmem_limit=None):
-    """`_common.call`'s `pl.pallas_call` over named operands (absent ones None), with a scoped
-    VMEM limit on the TPU flavour."""
+    """`_common.call` for the TPU flavour on the grid (B, H / HB, N) (chunk axis "arbitrary"),
+    with an optional scoped VMEM limit (`_common.call` takes none): named operands, absent ones
+    None, one BlockSpec mapping for inputs and outputs."""
     from jax.experimental.pallas import tpu as pltpu
 
     in_names = [n for n, x in inputs.items() if x is not None]
@@ -135,8 +136,9 @@ def _load_slots(r, HB, C, chunk):
 
 
 def _fwd_kernel_gsa(r, *, seg, C, HB, n_chunks, scale):
-    """One chunk of HB heads: blocks q, k [C, HB, K], v [C, HB, V], s, g [C, HB, M]; per head
-    pass 1's output body and softmax, pass 2's output body, then both state steps."""
+    """One chunk of HB heads: blocks q, k [C, HB, K], v [C, HB, V] and the slot-major sT, gT
+    [HB, M, CB]; per head pass 1's output body and softmax, pass 2's output body, then both
+    state steps (writing the entering states first under differentiation)."""
     n = pl.program_id(2)
     A_ref, B_ref = r["A"], r["B"]
 
@@ -220,11 +222,10 @@ def _forward(backend, scale, C, q, k, v, s, g, A0, B0, ids, save):
                "q_h": pltpu.VMEM((HB, C, K), q.dtype), "k_h": pltpu.VMEM((HB, C, K), k.dtype),
                "v_h": pltpu.VMEM((HB, C, V), v.dtype), "s_h": pltpu.VMEM((HB, C, M), s.dtype),
                "b_h": pltpu.VMEM((HB, C, M), F32)}
-    out = call(functools.partial(_fwd_kernel_gsa, seg=ids is not None, C=C, HB=HB, n_chunks=N,
-                                 scale=scale),
-               backend=backend, grid=(B, H // HB, N), inputs=inputs, outputs=outputs,
-               in_specs=specs, out_specs=specs, scratch=scratch,
-               semantics=("parallel", "parallel", "arbitrary"), name="gsa_fused_fwd")
+    out = _call(functools.partial(_fwd_kernel_gsa, seg=ids is not None, C=C, HB=HB, n_chunks=N,
+                                  scale=scale),
+                backend=backend, grid=(B, H // HB, N), inputs=inputs, outputs=outputs,
+                specs=specs, scratch=scratch, name="gsa_fused_fwd")
     return out["o"], out["AT"], out["BT"], (sT, gT, out["statesA"], out["statesB"])
 
 
