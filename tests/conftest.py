@@ -5,6 +5,14 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# The suite's time goes mostly to XLA compiling tiny programs for the CPU: LLVM at -O0 without
+# its expensive passes compiles them in ~0.6x the time (same IEEE semantics; programs run once or
+# a few steps). Set before JAX starts, so subprocesses inherit it; CHUNKWISE_TEST_FULL_OPT=1 keeps
+# XLA's defaults, as does an XLA_FLAGS that already chooses an optimization level.
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+if (os.environ.get("CHUNKWISE_TEST_FULL_OPT", "") in ("", "0")
+        and "optimization_level" not in os.environ.get("XLA_FLAGS", "")):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + FAST_COMPILE_FLAGS).strip()
 # Pallas interpret mode runs kernel bodies in host callbacks that dispatch jax ops themselves;
 # with asynchronous CPU dispatch these can wait on each other. Tests run synchronously.
 import jax  # noqa: E402
