@@ -46,7 +46,8 @@ bench: setup
 
 # HBM traffic of every op on one v5e chip, compiled ahead of time by libtpu on this CPU.
 bench-tpu: setup
-	$(PY) -m experiments.bench_tpu_aot --peers --inverse --write BENCHMARKS.md
+	$(PY) -m pip install --quiet -e '.[peers]'
+	$(PY) -m experiments.bench_tpu_aot --impls pallas xla --peers --write BENCHMARKS.md
 
 # Wheels for the prepared GPU run (experiments/gpu_requirements.txt), into wheels/ (git-ignored).
 gpu-wheels: setup

@@ -20,7 +20,8 @@ float32 log-gates). Nothing runs. Per op and path it prints:
   MiB, and how much of that is the inputs themselves (held by the caller anyway).
 
 `--write PATH` puts the table into PATH's `tpu-aot-<topology>` section (other sections are kept).
-`--peers` adds rows, where the packages import: tokamax's Mosaic TPU kernel for KDA (a per-channel
+`--peers` adds rows, where the packages import (`pip install -e '.[peers]'`; `make bench-tpu`
+installs them): tokamax's Mosaic TPU kernel for KDA (a per-channel
 gate [B, T, H, K], a harder op than `gated_delta_rule`) and jax-linear-attention's pure-JAX
 chunked gated delta rule. `--inverse` adds the delta rule's chunk-local triangular inverse
 (`pallas_kernels.xla.unit_lower_inverse`) compiled alone, once per method. The process sets `JAX_PLATFORMS=cpu` and `ALLOW_MULTIPLE_LIBTPU_LOAD=1`
