@@ -1,6 +1,7 @@
-"""Stages 2 to 5 of docs/design.md fused for the gated-linear family (linear_attention, simple_gla,
-gla) on TPU: one forward kernel and one backward kernel, each walking the chunks in order with
-the running state (or its gradient) in VMEM.
+"""Stages 2 to 5 of docs/design.md fused on TPU for the gated-linear family (linear_attention,
+simple_gla, gla, and the passes gsa_fused builds on) and the delta-rule family (delta_rule,
+gated_delta_rule, ttt_linear): one forward kernel and one backward kernel, each walking the
+chunks in order with the running state (or its gradient) in VMEM.
 
 The staged path (`gla_family.gated_scan`, still the Triton flavour's) materialises the chunk
 layout, the scaled queries and the decayed keys around its kernels, writes the state entering
@@ -22,6 +23,17 @@ Layout: q, k, v, o, do, dq, dk, dv (and gla's per-key gate) stay in [B, T, H, D]
 the HB heads does the work. The chunk-local cumulative sum of a per-key gate is computed in the
 kernel (a lower-triangular matmul at float32 precision); scalar gates [B, T, H] are tiny and
 summed outside, as [B, N, H, C].
+
+Delta-rule family (`fused_delta`): the forward computes per chunk the WY factors (wy.py's masks
+and blocked inverse), v_new = U - W S_{n-1}, the output on v_new and the state step; W, U and
+v_new never leave VMEM. The backward recomputes them per chunk from the saved entering state and
+runs the output's, the state step's, v_new's and the WY backward (`wy.wy_grads`) in VMEM.
+ttt_linear is the same kernels with beta = eta and L's pairs restricted to earlier mini-batches.
+
+Ragged T: the grid has ceil(T / C) chunks; the last block reads past the array's end and its
+rows are zeroed when copied into VMEM (`_valid_rows`); its writes past the end are dropped. Only
+the small per-position arrays built outside (scalar gates' cumsums, beta, segment masks) are
+padded.
 
 TPU flavour only (`applies`): the Triton flavour has no ordered grid and keeps the staged path.
 """
