@@ -19,8 +19,8 @@ Contracts of the three paths (see docs/design.md for the stages):
   a multiple of `chunk_size` (zero inputs and zero log-gates after the true end change nothing).
 - `kernel.entry`, a "module:function" imported on first use (importing Pallas is slow): the
   `xla` contract, and in addition the head dims K and V padded for the current Pallas flavour
-  (`chunking.padded_dim`; zero channels change nothing), and T not padded when the kernel is
-  `ragged` (it masks the last, partial chunk, or pads where its flavour needs). The caller
+  (`chunking.padded_dim`; zero channels change nothing), and T not padded on the flavours the
+  kernel lists as `ragged` (they mask the last, partial chunk). The caller
   (`pallas.get(op).fn`) pads and slices; the entry returns o [B, T, H, V'] and the padded state.
 
 Adding an op (e.g. `selective_scan`), four places:
@@ -110,15 +110,15 @@ class Kernel:
       takes: "module:function" of a rule on the call's segments, chunk size and options,
         `takes(segments, chunk_size, **options) -> str | None` (None: the kernel takes it), for a
         kernel that covers only part of the op (ttt_linear); None: every call.
-      ragged: the entry takes any T (its TPU kernels mask the last, partial chunk; its other
-        paths pad T themselves); False: `Kernel.fn` pads T to whole chunks before the entry.
+      ragged: the Pallas flavours ("tpu", "triton") whose kernels take any T (they mask the
+        last, partial chunk); on the others `Kernel.fn` pads T to whole chunks before the entry.
     """
 
     entry: str
     chunk_sizes: tuple[int, int] | None = None
     dtypes: tuple[str, ...] = ("float32", "bfloat16")
     takes: str | None = None
-    ragged: bool = False
+    ragged: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,18 +180,21 @@ def _spec(name, gates, state, kernel, **kw) -> OpSpec:
 _GLA = "pallas_kernels.pallas.gla_family:"
 _DELTA = "pallas_kernels.pallas.delta:"
 # The WY stage takes chunks of 16..128 positions, and half-precision inputs.
-_DELTA_LIMITS = dict(chunk_sizes=(16, 128), dtypes=("float32", "bfloat16", "float16"), ragged=True)
+_TPU = ("tpu",)  # the TPU flavour's fused kernels (pallas/chunk_fused.py) mask a ragged T
+_DELTA_LIMITS = dict(chunk_sizes=(16, 128), dtypes=("float32", "bfloat16", "float16"),
+                     ragged=_TPU)
 _KV = (("K", "V"),)
 
 OP_SPECS: dict[str, OpSpec] = {
     s.name: s
     for s in (
-        _spec("linear_attention", (), _KV, Kernel(_GLA + "linear_attention", ragged=True),
+        _spec("linear_attention", (), _KV, Kernel(_GLA + "linear_attention", ragged=_TPU),
               recurrence="S_t = S_{t-1} + k_t v_t^T"),
-        _spec("simple_gla", (Gate("g", "bth", "log_decay"),), _KV, Kernel(_GLA + "simple_gla", ragged=True),
+        _spec("simple_gla", (Gate("g", "bth", "log_decay"),), _KV,
+              Kernel(_GLA + "simple_gla", ragged=_TPU),
               recurrence="S_t = exp(g_t) S_{t-1} + k_t v_t^T",
               fla="fla.ops.simple_gla:chunk_simple_gla", jla="simple_gla"),
-        _spec("gla", (Gate("g", "bthk", "log_decay"),), _KV, Kernel(_GLA + "gla", ragged=True),
+        _spec("gla", (Gate("g", "bthk", "log_decay"),), _KV, Kernel(_GLA + "gla", ragged=_TPU),
               recurrence="S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T",
               fla="fla.ops.gla:chunk_gla", jla="gla"),
         _spec("delta_rule", (Gate("beta", "bth", "strength"),), _KV,
@@ -224,7 +227,7 @@ OP_SPECS.update({
         name="ttt_linear", gates=(Gate("eta", "bth", "learning_rate"),), state=_KV,
         reference=_ttt.reference, xla=_ttt.xla, unit_keys=True,
         kernel=Kernel("pallas_kernels.pallas.ttt:ttt_linear", takes="pallas_kernels.pallas.ttt:takes",
-                      ragged=True),
+                      ragged=_TPU),
         recurrence="W_t = W_{t-1} + eta_t k_t (v_t - W^(m)^T k_t)^T, W^(m) the mini-batch's start",
         options=(("mini_batch_size", 16),)),
 })

@@ -7,8 +7,8 @@
   `impl="auto"` then falls back to xla, `impl="pallas"` raises it as a ValueError).
 - `fn(q, k, v, *gates, scale, initial_state, segments, chunk_size)`: the problem of `ops._run`
   (any T). It checks `supports`, pads the head dims K and V for the current flavour
-  (`chunking.padded_dim`: zero channels are exact), pads T to whole chunks unless the entry takes
-  ragged T itself (`Kernel.ragged` of the table), calls the op's entry (`Kernel.entry`, imported
+  (`chunking.padded_dim`: zero channels are exact), pads T to whole chunks unless the flavour's
+  kernels mask a ragged T themselves (`Kernel.ragged` of the table), calls the op's entry (`Kernel.entry`, imported
   on first use: importing Pallas is slow) and slices the output [B, T, H, V] and the final
   state back.
 
@@ -84,7 +84,7 @@ class Kernel:
         entry = _entry(spec.kernel.entry)
         kw = dict(scale=scale, initial_state=None if states is None else _tree(spec, states),
                   **options)
-        if spec.kernel.ragged:
+        if kind in spec.kernel.ragged:
             o, final = entry(q, k, v, *gates, chunk_size=chunk_size, segments=segments, **kw)
         else:
             o, final = chunking.on_whole_chunks(entry, chunk_size, q, k, v, gates,

@@ -57,13 +57,14 @@ def mm_tn(a, b):
 
 
 def compiler_params(backend: Backend, semantics: tuple[str, ...], *, num_warps: int = 4,
-                    num_stages: int = 2):
+                    num_stages: int = 2, vmem_limit: int | None = None):
     """`compiler_params` for `pl.pallas_call`: TPU dimension semantics ("parallel" /
-    "arbitrary" per grid axis), or Triton warps and pipeline stages."""
+    "arbitrary" per grid axis) and scoped VMEM limit in bytes (None: Mosaic's default), or Triton
+    warps and pipeline stages."""
     if backend.kind == "tpu":
         from jax.experimental.pallas import tpu as pltpu
 
-        return pltpu.CompilerParams(dimension_semantics=semantics)
+        return pltpu.CompilerParams(dimension_semantics=semantics, vmem_limit_bytes=vmem_limit)
     from jax.experimental.pallas import triton as plt
 
     return plt.CompilerParams(num_warps=num_warps, num_stages=num_stages)
@@ -76,7 +77,7 @@ def call(kernel: Callable[[dict], None], *, backend: Backend, grid: tuple[int, .
          inputs: Mapping[str, jax.Array | None], outputs: Mapping[str, jax.ShapeDtypeStruct | None],
          in_specs: Specs, out_specs: Specs, semantics: tuple[str, ...], name: str,
          scratch: Mapping[str, object] | None = None, num_warps: int = 4,
-         num_stages: int = 2) -> dict[str, jax.Array | None]:
+         num_stages: int = 2, vmem_limit: int | None = None) -> dict[str, jax.Array | None]:
     """`pl.pallas_call` over named operands, any of which may be absent (None).
 
     Args:
@@ -85,7 +86,7 @@ def call(kernel: Callable[[dict], None], *, backend: Backend, grid: tuple[int, .
       inputs: name -> array or None; outputs: name -> `jax.ShapeDtypeStruct` or None.
       in_specs, out_specs: the BlockSpec of each present operand (a mapping, or a function of
         the name); scratch: name -> scratch shape (e.g. `pltpu.VMEM(...)`), TPU only.
-      semantics, num_warps, num_stages: see `compiler_params`.
+      semantics, num_warps, num_stages, vmem_limit: see `compiler_params`.
 
     Returns:
       dict name -> output array (None for absent outputs).
@@ -108,7 +109,7 @@ def call(kernel: Callable[[dict], None], *, backend: Backend, grid: tuple[int, .
         out_specs=[spec_out(n) for n in out_names],
         out_shape=[outputs[n] for n in out_names],
         compiler_params=compiler_params(backend, semantics, num_warps=num_warps,
-                                        num_stages=num_stages),
+                                        num_stages=num_stages, vmem_limit=vmem_limit),
         interpret=backend.interpret, name=name, **kw,
     )(*[inputs[n] for n in in_names])
     res = dict.fromkeys(absent)

@@ -54,6 +54,7 @@ from pallas_kernels.pallas.chunk_output import SUB_CHUNK, _bwd_kernel, _fwd_kern
 
 KINDS = ("none", "scalar", "key", "value")
 CHANNEL = ("key", "value")  # per-channel gates: [B, T, H, K] on the key axis, [B, T, H, V] on the value axis
+SEMANTICS = ("parallel", "parallel", "arbitrary")  # grid (B, H / HB, N): the chunks in order
 
 
 def applies(kind: str, backend=None) -> bool:
@@ -160,6 +161,59 @@ def _store_outputs(r, HB, *, last):
         r["hT"][...] = r["S"][...]
 
 
+def _state_step_bwd(view, kind, seg, dS_ref, *, cdt, last):
+    """The state step's backward for one head and chunk, after chunk_output's backward body has
+    written view's dq, dk, dv, dh (and db): adds the step's share of dk and dv, sets dS_ref [K, V]
+    from dL/dS_n to dL/dS_{n-1} = dec * dS_n + dh, and returns the gradient of b (the
+    chunk-local cumsum of the gates; [C, 1] "scalar", [C, D] per channel, None for "none").
+    `last`: the [C, 1] mask of the chunk's last row."""
+    kd, vd, dec, p = _state_step(view, kind, seg)
+    S, dS = view["h"][...], dS_ref[...]
+    dSc = dS.astype(cdt)
+    dkd = mm_nt(vd.astype(cdt), dSc)                           # [C, K] = vd dS^T
+    dvd = mm(kd.astype(cdt), dSc)                              # [C, V] = kd dS
+    dk_s = dkd * p["e"] if kind in ("scalar", "key") else dkd
+    if seg:
+        dk_s = dk_s * p["reach"]
+    view["dk"][...] = view["dk"][...] + dk_s
+    view["dv"][...] = view["dv"][...] + (dvd * p["e"] if kind == "value" else dvd)
+    db = None
+    if kind != "none":
+        # d/d(end - b_i) of the state step (t) and d/d(end) through the state's decay (dend)
+        dSS = dS * S.astype(F32)
+        if kind == "value":
+            t = vd.astype(F32) * dvd                                           # [C, V]
+            dend = jnp.sum(t, axis=0, keepdims=True) + jnp.sum(dSS, axis=0, keepdims=True) * dec
+        else:
+            t = kd.astype(F32) * dkd                                            # [C, K]
+            if kind == "scalar":
+                t = jnp.sum(t, axis=1, keepdims=True)                           # [C, 1]
+                dend = jnp.sum(t, axis=0, keepdims=True) + jnp.sum(dSS) * dec
+            else:
+                dend = (jnp.sum(t, axis=0, keepdims=True)
+                        + (jnp.sum(dSS, axis=1, keepdims=True) * dec).T)       # [1, K]
+        db = view["db"][...] - t + jnp.where(last, dend, 0.0)
+    dS_ref[...] = view["dh"][...] + (dS if dec is None else dS * dec)
+    return db
+
+
+def _store_grads(r, HB, scale):
+    """End of a backward step: each head's dq (times the scale q was multiplied by), dk and dv
+    from VMEM into their [C, HB, D] blocks."""
+    for j in range(HB):
+        r["dq"][:, j, :] = (r["dq_h"][j] * scale).astype(r["dq"].dtype)
+        r["dk"][:, j, :] = r["dk_h"][j].astype(r["dk"].dtype)
+        r["dv"][:, j, :] = r["dv_h"][j].astype(r["dv"].dtype)
+
+
+def _store_dh0(r, dS_ref, *, last):
+    """dL/dh0 after the backward's last step (the first chunk), when h0 was given."""
+    @pl.when(last)
+    def _fin():
+        if r["dh0"] is not None:
+            r["dh0"][...] = dS_ref[...]
+
+
 def _fwd_kernel_fused(r, *, kind, seg, C, HB, n_chunks, scale, T):
     """One chunk of HB heads: blocks q, k [C, HB, K], v [C, HB, V] (and g [C, HB, K]) in the
     [B, T, H, D] layout; per head the output body of chunk_output, then the state step of
@@ -211,53 +265,21 @@ def _bwd_kernel_fused(r, *, kind, seg, C, HB, n_chunks, scale, T):
                      dk=r["dk_h"].at[j], dv=r["dv_h"].at[j], dh=r["dh"], db=r.get("db"))
         _bwd_kernel(view, mode=_mode(kind), decayed=kind == "scalar", seg=seg, C=C,
                     c=min(SUB_CHUNK, C), tpu=True)
-        kd, vd, dec, p = _state_step(view, kind, seg)
-        S, dS = view["h"][...], dS_ref[j]
-        dSc = dS.astype(cdt)
-        dkd = mm_nt(vd.astype(cdt), dSc)                       # [C, K] = vd dS^T
-        dvd = mm(kd.astype(cdt), dSc)                          # [C, V] = kd dS
-        dk_s = dkd * p["e"] if kind in ("scalar", "key") else dkd
-        if seg:
-            dk_s = dk_s * p["reach"]
-        r["dk_h"][j] = r["dk_h"][j] + dk_s
-        r["dv_h"][j] = r["dv_h"][j] + (dvd * p["e"] if kind == "value" else dvd)
-        if kind != "none":
-            # d/d(end - b_i) of the state step (t) and d/d(end) through the state's decay (dend)
-            dSS = dS * S.astype(F32)
-            if kind == "value":
-                t = vd.astype(F32) * dvd                                       # [C, V]
-                dend = jnp.sum(t, axis=0, keepdims=True) + jnp.sum(dSS, axis=0, keepdims=True) * dec
-            else:
-                t = kd.astype(F32) * dkd                                        # [C, K]
-                if kind == "scalar":
-                    t = jnp.sum(t, axis=1, keepdims=True)                       # [C, 1]
-                    dend = jnp.sum(t, axis=0, keepdims=True) + jnp.sum(dSS) * dec
-                else:
-                    dend = (jnp.sum(t, axis=0, keepdims=True)
-                            + (jnp.sum(dSS, axis=1, keepdims=True) * dec).T)   # [1, K]
-            db = r["db"][...] - t + jnp.where(last, dend, 0.0)
-            if kind == "scalar":   # dg_j = sum_{i >= j} db_i, as a row [1, C]
-                r["dg_h"][j] = mm(db.T, tril)
-            else:
-                r["dg_h"][j] = mm_tn(tril, db)
-        dSp = r["dh"][...] + (dS if dec is None else dS * dec)
-        dS_ref[j] = dSp
+        db = _state_step_bwd(view, kind, seg, dS_ref.at[j], cdt=cdt, last=last)
+        if kind == "scalar":   # dg_j = sum_{i >= j} db_i, as a row [1, C]
+            r["dg_h"][j] = mm(db.T, tril)
+        elif kind != "none":
+            r["dg_h"][j] = mm_tn(tril, db)
         return carry
 
     lax.fori_loop(0, HB, head, 0)
+    _store_grads(r, HB, scale)
     for j in range(HB):
-        r["dq"][:, j, :] = (r["dq_h"][j] * scale).astype(r["dq"].dtype)
-        r["dk"][:, j, :] = r["dk_h"][j].astype(r["dk"].dtype)
-        r["dv"][:, j, :] = r["dv_h"][j].astype(r["dv"].dtype)
         if kind in CHANNEL:
             r["dg"][:, j, :] = r["dg_h"][j]
         elif kind == "scalar":
             r["dg"][pl.ds(j, 1), :] = r["dg_h"][j]
-
-    @pl.when(i == n_chunks - 1)
-    def _fin():
-        if r["dh0"] is not None:
-            r["dh0"][...] = dS_ref[...]
+    _store_dh0(r, dS_ref, last=i == n_chunks - 1)
 
 
 def _operands(kind, C, q, k, v, g, h0, ids, reverse):
@@ -330,7 +352,7 @@ def _forward(backend, kind, scale, C, out_dtype, q, k, v, g, h0, ids, save_state
                                  n_chunks=N, scale=scale, T=T),
                backend=backend, grid=(B, H // HB, N), inputs=inputs, outputs=outputs,
                in_specs=specs, out_specs=specs, scratch=scratch,
-               semantics=("parallel", "parallel", "arbitrary"), name=f"chunk_fused_fwd_{kind}")
+               semantics=SEMANTICS, name=f"chunk_fused_fwd_{kind}")
     return out["o"], out["hT"], out["states"]
 
 
@@ -362,7 +384,7 @@ def _backward(backend, kind, scale, C, q, k, v, g, h0, ids, states, do, dhT):
                                  n_chunks=N, scale=scale, T=T),
                backend=backend, grid=(B, H // HB, N), inputs=inputs, outputs=outputs,
                in_specs=specs, out_specs=specs, scratch=scratch,
-               semantics=("parallel", "parallel", "arbitrary"), name=f"chunk_fused_bwd_{kind}")
+               semantics=SEMANTICS, name=f"chunk_fused_bwd_{kind}")
     dg = out["dg"]
     if kind == "scalar":
         dg = jnp.moveaxis(dg, 2, 3).reshape(B, N * C, H)[:, :T]
@@ -547,18 +569,12 @@ def _delta_bwd_kernel(r, *, gated, seg, C, HB, n_chunks, scale, mini_batch, T):
         return carry
 
     lax.fori_loop(0, HB, head, 0)
+    _store_grads(r, HB, scale)
     for j in range(HB):
-        r["dq"][:, j, :] = (r["dq_h"][j] * scale).astype(r["dq"].dtype)
-        r["dk"][:, j, :] = r["dk_h"][j].astype(r["dk"].dtype)
-        r["dv"][:, j, :] = r["dv_h"][j].astype(r["dv"].dtype)
         r["dbeta"][pl.ds(j, 1), :] = r["dbeta_h"][j]
         if gated:
             r["dg"][pl.ds(j, 1), :] = r["dg_h"][j]
-
-    @pl.when(i == n_chunks - 1)
-    def _fin():
-        if r["dh0"] is not None:
-            r["dh0"][...] = dS_ref[...]
+    _store_dh0(r, dS_ref, last=i == n_chunks - 1)
 
 
 def _delta_operands(C, q, k, v, g, beta, h0, ids, reverse):
@@ -604,7 +620,7 @@ def _delta_forward(backend, scale, C, mini_batch, q, k, v, g, beta, h0, ids, sav
                                  T=T),
                backend=backend, grid=(B, H // HB, N), inputs=inputs, outputs=outputs,
                in_specs=specs, out_specs=specs, scratch=scratch,
-               semantics=("parallel", "parallel", "arbitrary"), name="chunk_fused_fwd_delta")
+               semantics=SEMANTICS, name="chunk_fused_fwd_delta")
     return out["o"], out["hT"], out["states"]
 
 
@@ -635,7 +651,7 @@ def _delta_backward(backend, scale, C, mini_batch, q, k, v, g, beta, h0, ids, st
                                  n_chunks=N, scale=scale, mini_batch=mini_batch, T=T),
                backend=backend, grid=(B, H // HB, N), inputs=inputs, outputs=outputs,
                in_specs=specs, out_specs=specs, scratch=scratch,
-               semantics=("parallel", "parallel", "arbitrary"), name="chunk_fused_bwd_delta")
+               semantics=SEMANTICS, name="chunk_fused_bwd_delta")
     unrow = lambda x, like: (  # noqa: E731  [B, N, H, C] -> [B, T, H]
         jnp.moveaxis(x, 2, 3).reshape(B, N * C, H)[:, :T].astype(like.dtype))
     dg = unrow(out["dg"], g) if gated else None

@@ -1,7 +1,8 @@
 """Pallas `delta_rule` and `gated_delta_rule`: the WY stage, then the shared state pass and output.
 
-Notation: B batch, T time (any T for the op; a multiple of C in the stages, padded here), H heads, K key dim, V value
-dim, C chunk size, N = T / C, G = B * H. Public layout [B, T, H, D]; the stages run on [G, N, C, D].
+Notation: B batch, T time (a multiple of C, padded by `pallas.Kernel.fn` except on TPU, whose
+fused kernels mask it), H heads, K key dim, V value dim, C chunk size, N = T / C, G = B * H.
+Public layout [B, T, H, D]; the stages run on [G, N, C, D].
 
 Per chunk n, with gc the chunk-local cumulative log-gate (zero for `delta_rule`):
 
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from pallas_kernels.chunking import from_chunks, log_decays, on_whole_chunks, to_chunks
+from pallas_kernels.chunking import from_chunks, log_decays, to_chunks
 from pallas_kernels.pallas import chunk_fused, wy
 from pallas_kernels.pallas._common import compute_dtype
 from pallas_kernels.pallas.chunk_output import output_stage
@@ -49,8 +50,8 @@ def gated_delta_rule(q, k, v, g, beta, *, scale, initial_state, segments, chunk_
         return chunk_fused.fused_delta(q, k, v, g, beta, scale=scale,
                                        initial_state=initial_state, segments=segments,
                                        chunk_size=chunk_size)
-    return on_whole_chunks(staged_gated_delta_rule, chunk_size, q, k, v, [g, beta], [True, True],
-                           scale=scale, initial_state=initial_state, segments=segments)
+    return staged_gated_delta_rule(q, k, v, g, beta, scale=scale, initial_state=initial_state,
+                                   segments=segments, chunk_size=chunk_size)
 
 
 def staged_gated_delta_rule(q, k, v, g, beta, *, scale, initial_state, segments, chunk_size):

@@ -13,15 +13,13 @@ the final state. `gsa` is two GLA passes with a softmax over the M slots between
 the gate on the value (slot) axis of a K x M state, the second with it on the key (slot) axis of an
 M x V state.
 
-Notation: B batch, T time (a multiple of C in the stages: linear_attention, simple_gla and gla
-take any T and pad it for the staged path; gsa gets it padded by `pallas.Kernel.fn`), H heads, K key dim,
+Notation: B batch, T time (a multiple of C in the stages; `pallas.Kernel.fn` pads it, except on
+TPU for linear_attention, simple_gla and gla, whose fused kernels mask it), H heads, K key dim,
 V value dim (both padded for the flavour by `pallas.Kernel.fn`), M gsa slots, C chunk size,
 N = T / C, G = B * H.
 """
 
 from __future__ import annotations
-
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +28,6 @@ from pallas_kernels.chunking import (
     ChunkSegments,
     from_chunks,
     log_decays,
-    on_whole_chunks,
     pad_dim,
     padded_dim,
     to_chunks,
@@ -100,13 +97,12 @@ def _scaled(q, scale, C):
 
 
 def _gla_like(kind, q, k, v, g, *, scale, initial_state, segments, chunk_size):
-    """Any T: the TPU kernels mask a ragged last chunk, the staged path pads to whole chunks."""
     if chunk_fused.applies(kind):  # TPU: one kernel forward, one backward, the state in VMEM
         return chunk_fused.fused_scan(kind, q, k, v, g, scale=scale,
                                       initial_state=initial_state, segments=segments,
                                       chunk_size=chunk_size)
-    return on_whole_chunks(functools.partial(_staged, kind), chunk_size, q, k, v, [g], [True],
-                           scale=scale, initial_state=initial_state, segments=segments)
+    return _staged(kind, q, k, v, g, scale=scale, initial_state=initial_state,
+                   segments=segments, chunk_size=chunk_size)
 
 
 def _staged(kind, q, k, v, g, *, scale, initial_state, segments, chunk_size):

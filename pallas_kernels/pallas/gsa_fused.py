@@ -59,38 +59,10 @@ from jax.experimental import pallas as pl
 
 from pallas_kernels.pallas import _backend
 from pallas_kernels.pallas import chunk_fused as cf
-from pallas_kernels.pallas._common import F32, compute_dtype, mm, mm_nt, mm_tn
+from pallas_kernels.pallas._common import F32, call, compute_dtype, mm_nt, mm_tn
 from pallas_kernels.pallas.chunk_output import SUB_CHUNK, _bwd_kernel, _fwd_kernel
 
 VMEM_LIMIT = 64 * 2**20  # the backward's two passes per head need more than the 16 MiB default
-
-
-def _call(kernel, *, backend, grid, inputs, outputs, specs, scratch, name, vmem_limit=None):
-    """`_common.call` for the TPU flavour on the grid (B, H / HB, N) (chunk axis "arbitrary"),
-    with an optional scoped VMEM limit (`_common.call` takes none): named operands, absent ones
-    None, one BlockSpec mapping for inputs and outputs."""
-    from jax.experimental.pallas import tpu as pltpu
-
-    in_names = [n for n, x in inputs.items() if x is not None]
-    out_names = [n for n, x in outputs.items() if x is not None]
-    absent = [n for n, x in (*inputs.items(), *outputs.items()) if x is None]
-
-    def body(*refs):
-        r = dict(zip(in_names + out_names + list(scratch), refs, strict=True))
-        r.update(dict.fromkeys(absent))
-        kernel(r)
-
-    params = pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary"),
-                                  vmem_limit_bytes=vmem_limit)
-    outs = pl.pallas_call(
-        body, grid=grid, in_specs=[specs[n] for n in in_names],
-        out_specs=[specs[n] for n in out_names], out_shape=[outputs[n] for n in out_names],
-        scratch_shapes=list(scratch.values()), compiler_params=params,
-        interpret=backend.interpret, name=name,
-    )(*[inputs[n] for n in in_names])
-    res = dict.fromkeys(absent)
-    res.update(zip(out_names, outs, strict=True))
-    return res
 
 
 def applies(backend=None) -> bool:
@@ -222,38 +194,21 @@ def _forward(backend, scale, C, q, k, v, s, g, A0, B0, ids, save):
                "q_h": pltpu.VMEM((HB, C, K), q.dtype), "k_h": pltpu.VMEM((HB, C, K), k.dtype),
                "v_h": pltpu.VMEM((HB, C, V), v.dtype), "s_h": pltpu.VMEM((HB, C, M), s.dtype),
                "b_h": pltpu.VMEM((HB, C, M), F32)}
-    out = _call(functools.partial(_fwd_kernel_gsa, seg=ids is not None, C=C, HB=HB, n_chunks=N,
-                                  scale=scale),
-                backend=backend, grid=(B, H // HB, N), inputs=inputs, outputs=outputs,
-                specs=specs, scratch=scratch, name="gsa_fused_fwd")
+    out = call(functools.partial(_fwd_kernel_gsa, seg=ids is not None, C=C, HB=HB, n_chunks=N,
+                                 scale=scale),
+               backend=backend, grid=(B, H // HB, N), inputs=inputs, outputs=outputs,
+               in_specs=specs, out_specs=specs, scratch=scratch, semantics=cf.SEMANTICS,
+               name="gsa_fused_fwd")
     return out["o"], out["AT"], out["BT"], (sT, gT, out["statesA"], out["statesB"])
 
 
 def _pass_bwd(view, kind, seg, dS_ref, *, C, cdt, last):
     """One pass's backward for one head and chunk ("value": pass 1, "key": pass 2): chunk_output's
-    backward body (view's dq, dk, dv, dh, db), then the state step's gradients (as
-    chunk_fused's fused backward), and dS_{n-1} = dec * dS_n + dh into dS_ref. Returns the
+    backward body (view's dq, dk, dv, dh, db), then the state step's gradients
+    (`chunk_fused._state_step_bwd`), and dS_{n-1} = dec * dS_n + dh into dS_ref. Returns the
     gradient of b (the chunk-local cumsum of g) [C, M]."""
     _bwd_kernel(view, mode=kind, decayed=False, seg=seg, C=C, c=min(SUB_CHUNK, C), tpu=True)
-    kd, vd, dec, p = cf._state_step(view, kind, seg)
-    S, dS = view["h"][...].astype(F32), dS_ref[...]
-    dSc = dS.astype(cdt)
-    dkd = mm_nt(vd.astype(cdt), dSc)                           # [C, K] = vd dS^T
-    dvd = mm(kd.astype(cdt), dSc)                              # [C, V] = kd dS
-    dk_s = dkd * p["e"] if kind == "key" else dkd
-    if seg:
-        dk_s = dk_s * p["reach"]
-    view["dk"][...] = view["dk"][...] + dk_s
-    view["dv"][...] = view["dv"][...] + (dvd * p["e"] if kind == "value" else dvd)
-    dSS = dS * S
-    if kind == "value":
-        t = vd.astype(F32) * dvd                                           # [C, M]
-        dend = jnp.sum(t, axis=0, keepdims=True) + jnp.sum(dSS, axis=0, keepdims=True) * dec
-    else:
-        t = kd.astype(F32) * dkd                                           # [C, M]
-        dend = jnp.sum(t, axis=0, keepdims=True) + (jnp.sum(dSS, axis=1, keepdims=True) * dec).T
-    dS_ref[...] = view["dh"][...] + dS * dec
-    return view["db"][...] - t + jnp.where(last, dend, 0.0)
+    return cf._state_step_bwd(view, kind, seg, dS_ref, cdt=cdt, last=last)
 
 
 def _bwd_kernel_gsa(r, *, seg, C, HB, n_chunks, scale):
@@ -307,10 +262,7 @@ def _bwd_kernel_gsa(r, *, seg, C, HB, n_chunks, scale):
         return carry
 
     lax.fori_loop(0, HB, head, 0)
-    for j in range(HB):
-        r["dq"][:, j, :] = (r["dq_h"][j] * scale).astype(r["dq"].dtype)
-        r["dk"][:, j, :] = r["dk_h"][j].astype(r["dk"].dtype)
-        r["dv"][:, j, :] = r["dv_h"][j].astype(r["dv"].dtype)
+    cf._store_grads(r, HB, scale)
 
     @pl.when(i == n_chunks - 1)
     def _fin():
@@ -356,10 +308,11 @@ def _backward(backend, scale, C, q, k, v, sT, gT, A0, B0, ids, statesA, statesB,
                "sc": vm((C, M), F32), "p1": vm((C, M), sT.dtype), "dp": vm((C, M), F32),
                "dsc": vm((C, M), F32), "ds1": vm((C, M), F32), "ds2": vm((C, M), F32),
                "db": vm((C, M), F32)}
-    out = _call(functools.partial(_bwd_kernel_gsa, seg=ids is not None, C=C, HB=HB, n_chunks=N,
+    out = call(functools.partial(_bwd_kernel_gsa, seg=ids is not None, C=C, HB=HB, n_chunks=N,
                                  scale=scale),
-                backend=backend, grid=(B, H // HB, N), inputs=inputs, outputs=outputs,
-                specs=specs, scratch=scratch, name="gsa_fused_bwd", vmem_limit=VMEM_LIMIT)
+               backend=backend, grid=(B, H // HB, N), inputs=inputs, outputs=outputs,
+               in_specs=specs, out_specs=specs, scratch=scratch, semantics=cf.SEMANTICS,
+               name="gsa_fused_bwd", vmem_limit=VMEM_LIMIT)
     back = lambda x: jnp.transpose(x[..., :T], (0, 3, 1, 2))  # noqa: E731 [B, H, M, T] -> [B, T, H, M]
     return (out["dq"], out["dk"], out["dv"], back(out["dsT"]), back(out["dgT"]), out["dA0"],
             out["dB0"])

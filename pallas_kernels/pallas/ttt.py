@@ -28,7 +28,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from pallas_kernels import xla as _xla
-from pallas_kernels.chunking import from_chunks, on_whole_chunks, to_chunks
+from pallas_kernels.chunking import from_chunks, to_chunks
 from pallas_kernels.pallas import chunk_fused
 from pallas_kernels.pallas.chunk_output import output_stage
 from pallas_kernels.pallas.chunk_state import state_pass
@@ -52,8 +52,7 @@ def ttt_linear(q, k, v, eta, *, scale, initial_state, segments, chunk_size, mini
     Args:
       q, k: [B, T, H, K]; v: [B, T, H, V]; eta: [B, T, H]; scale: float multiplying q;
       initial_state: [B, H, K, V] float32 or None; segments: must be None; chunk_size: C
-      (C % mini_batch_size == 0; any T: the TPU kernels mask a ragged last chunk, the staged
-      form pads).
+      (C % mini_batch_size == 0; T a multiple of C, except on TPU, whose kernels mask it).
     Returns:
       (o [B, T, H, V] (float32; v's dtype on the TPU flavour), final state [B, H, K, V] float32).
     """
@@ -64,13 +63,6 @@ def ttt_linear(q, k, v, eta, *, scale, initial_state, segments, chunk_size, mini
         return chunk_fused.fused_delta(q, k, v, None, eta, scale=scale, initial_state=initial_state,
                                        segments=None, chunk_size=chunk_size,
                                        mini_batch=mini_batch_size)
-    return on_whole_chunks(_staged, chunk_size, q, k, v, [eta], [True], scale=scale,
-                           initial_state=initial_state, mini_batch_size=mini_batch_size,
-                           segments=None)
-
-
-def _staged(q, k, v, eta, *, scale, initial_state, segments, chunk_size, mini_batch_size):
-    """The three steps of the module docstring, T a multiple of chunk_size."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     C, b = chunk_size, mini_batch_size
